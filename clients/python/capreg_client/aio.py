@@ -1,0 +1,126 @@
+"""asyncio client, with the same methods as CapregClient."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from capreg_client import requests
+from capreg_client.errors import from_rpc_error
+
+T = TypeVar("T")
+
+
+class AsyncCapregClient:
+    """A non-blocking client over one grpc.aio channel; use `async with`."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float = 10.0, channel: grpc.aio.Channel | None = None):
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def __aenter__(self) -> AsyncCapregClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None) -> T:
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def register_agent(
+        self, agent: agent_pb2.Agent, *, expected_generation: int = 0, timeout: float | None = None
+    ) -> registry_pb2.RegisterAgentResponse:
+        request = registry_pb2.RegisterAgentRequest(agent=agent, expected_generation=expected_generation)
+        return await self._call(self._registry.RegisterAgent, request, timeout)
+
+    async def get_agent(
+        self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None
+    ) -> agent_pb2.Agent:
+        request = registry_pb2.GetAgentRequest(agent=requests.agent_ref(id, tenant, name))
+        return (await self._call(self._registry.GetAgent, request, timeout)).agent
+
+    async def list_agents(self, *, timeout: float | None = None, **filters: Any) -> registry_pb2.ListAgentsResponse:
+        return await self._call(self._registry.ListAgents, requests.list_agents(**filters), timeout)
+
+    async def iter_agents(self, *, timeout: float | None = None, **filters: Any) -> AsyncIterator[agent_pb2.Agent]:
+        token = ""
+        while True:
+            page = await self.list_agents(timeout=timeout, page_token=token, **filters)
+            for agent in page.agents:
+                yield agent
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def update_agent_status(
+        self,
+        name: str = "",
+        status: str | int = "active",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
+    ) -> registry_pb2.UpdateAgentStatusResponse:
+        request = registry_pb2.UpdateAgentStatusRequest(
+            agent=requests.agent_ref(id, tenant, name),
+            status=requests.status_value(status),
+            expected_generation=expected_generation,
+        )
+        return await self._call(self._registry.UpdateAgentStatus, request, timeout)
+
+    async def deregister_agent(
+        self, name: str = "", *, tenant: str = "", id: str = "", expected_generation: int = 0, timeout: float | None = None
+    ) -> registry_pb2.DeregisterAgentResponse:
+        request = registry_pb2.DeregisterAgentRequest(
+            agent=requests.agent_ref(id, tenant, name), expected_generation=expected_generation
+        )
+        return await self._call(self._registry.DeregisterAgent, request, timeout)
+
+    async def discover(
+        self,
+        text: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        space: str = "",
+        top_k: int = 0,
+        tenant: str = "",
+        filters: discovery_pb2.DiscoverFilters | None = None,
+        estimated_input_tokens: int | None = None,
+        estimated_output_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> discovery_pb2.DiscoverResponse:
+        request = requests.discover(
+            text,
+            vector=vector,
+            space=space,
+            top_k=top_k,
+            tenant=tenant,
+            filters=filters,
+            estimated_input_tokens=estimated_input_tokens,
+            estimated_output_tokens=estimated_output_tokens,
+        )
+        return await self._call(self._discovery.Discover, request, timeout)
+
+    async def discover_request(
+        self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None
+    ) -> discovery_pb2.DiscoverResponse:
+        return await self._call(self._discovery.Discover, request, timeout)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
+        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

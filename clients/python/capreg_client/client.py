@@ -1,0 +1,125 @@
+"""Synchronous client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from capreg_client import requests
+from capreg_client.errors import from_rpc_error
+
+T = TypeVar("T")
+
+
+class CapregClient:
+    """A blocking client over one channel. Every call takes an optional `timeout` in seconds."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float = 10.0, channel: grpc.Channel | None = None):
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel or grpc.insecure_channel(target)
+        self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> CapregClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def register_agent(
+        self, agent: agent_pb2.Agent, *, expected_generation: int = 0, timeout: float | None = None
+    ) -> registry_pb2.RegisterAgentResponse:
+        request = registry_pb2.RegisterAgentRequest(agent=agent, expected_generation=expected_generation)
+        return self._call(self._registry.RegisterAgent, request, timeout)
+
+    def get_agent(self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None) -> agent_pb2.Agent:
+        request = registry_pb2.GetAgentRequest(agent=requests.agent_ref(id, tenant, name))
+        return self._call(self._registry.GetAgent, request, timeout).agent
+
+    def list_agents(self, *, timeout: float | None = None, **filters: Any) -> registry_pb2.ListAgentsResponse:
+        """One page; see `iter_agents` for all of them. Filters: tenant, page_size, page_token, kinds,
+        status, labels, name_prefix."""
+        return self._call(self._registry.ListAgents, requests.list_agents(**filters), timeout)
+
+    def iter_agents(self, *, timeout: float | None = None, **filters: Any) -> Iterator[agent_pb2.Agent]:
+        token = ""
+        while True:
+            page = self.list_agents(timeout=timeout, page_token=token, **filters)
+            yield from page.agents
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_agent_status(
+        self,
+        name: str = "",
+        status: str | int = "active",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
+    ) -> registry_pb2.UpdateAgentStatusResponse:
+        request = registry_pb2.UpdateAgentStatusRequest(
+            agent=requests.agent_ref(id, tenant, name),
+            status=requests.status_value(status),
+            expected_generation=expected_generation,
+        )
+        return self._call(self._registry.UpdateAgentStatus, request, timeout)
+
+    def deregister_agent(
+        self, name: str = "", *, tenant: str = "", id: str = "", expected_generation: int = 0, timeout: float | None = None
+    ) -> registry_pb2.DeregisterAgentResponse:
+        request = registry_pb2.DeregisterAgentRequest(
+            agent=requests.agent_ref(id, tenant, name), expected_generation=expected_generation
+        )
+        return self._call(self._registry.DeregisterAgent, request, timeout)
+
+    def discover(
+        self,
+        text: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        space: str = "",
+        top_k: int = 0,
+        tenant: str = "",
+        filters: discovery_pb2.DiscoverFilters | None = None,
+        estimated_input_tokens: int | None = None,
+        estimated_output_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> discovery_pb2.DiscoverResponse:
+        request = requests.discover(
+            text,
+            vector=vector,
+            space=space,
+            top_k=top_k,
+            tenant=tenant,
+            filters=filters,
+            estimated_input_tokens=estimated_input_tokens,
+            estimated_output_tokens=estimated_output_tokens,
+        )
+        return self._call(self._discovery.Discover, request, timeout)
+
+    def discover_request(self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None) -> discovery_pb2.DiscoverResponse:
+        """Send a DiscoverRequest built by hand."""
+        return self._call(self._discovery.Discover, request, timeout)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> bool:
+        """True when the server (or one of its services) is SERVING."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

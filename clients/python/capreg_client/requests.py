@@ -1,0 +1,83 @@
+"""Request builders shared by the sync and asyncio clients, so both speak exactly the same API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
+
+KIND_NAMES = {"model": agent_pb2.AGENT_KIND_MODEL, "agent": agent_pb2.AGENT_KIND_AGENT, "tool": agent_pb2.AGENT_KIND_TOOL}
+STATUS_NAMES = {
+    "active": agent_pb2.AGENT_STATUS_ACTIVE,
+    "draining": agent_pb2.AGENT_STATUS_DRAINING,
+    "inactive": agent_pb2.AGENT_STATUS_INACTIVE,
+}
+
+
+def kind_value(kind: str | int) -> agent_pb2.AgentKind.ValueType:
+    if isinstance(kind, int):
+        return agent_pb2.AgentKind.ValueType(kind)
+    try:
+        return KIND_NAMES[kind.lower()]
+    except KeyError:
+        raise ValueError(f"unknown kind {kind!r}; use one of {sorted(KIND_NAMES)}") from None
+
+
+def status_value(status: str | int) -> agent_pb2.AgentStatus.ValueType:
+    if isinstance(status, int):
+        return agent_pb2.AgentStatus.ValueType(status)
+    try:
+        return STATUS_NAMES[status.lower()]
+    except KeyError:
+        raise ValueError(f"unknown status {status!r}; use one of {sorted(STATUS_NAMES)}") from None
+
+
+def agent_ref(id: str = "", tenant: str = "", name: str = "") -> agent_pb2.AgentRef:
+    return agent_pb2.AgentRef(id=id, tenant=tenant, name=name)
+
+
+def list_agents(
+    tenant: str = "",
+    page_size: int = 0,
+    page_token: str = "",
+    kinds: Iterable[str | int] = (),
+    status: str | int | None = None,
+    labels: Mapping[str, str] | None = None,
+    name_prefix: str = "",
+) -> registry_pb2.ListAgentsRequest:
+    return registry_pb2.ListAgentsRequest(
+        tenant=tenant,
+        page_size=page_size,
+        page_token=page_token,
+        kinds=[kind_value(k) for k in kinds],
+        status=status_value(status) if status is not None else agent_pb2.AGENT_STATUS_UNSPECIFIED,
+        labels=dict(labels or {}),
+        name_prefix=name_prefix,
+    )
+
+
+def discover(
+    text: str | None = None,
+    *,
+    vector: Sequence[float] | None = None,
+    space: str = "",
+    top_k: int = 0,
+    tenant: str = "",
+    filters: discovery_pb2.DiscoverFilters | None = None,
+    estimated_input_tokens: int | None = None,
+    estimated_output_tokens: int | None = None,
+) -> discovery_pb2.DiscoverRequest:
+    if (text is None) == (vector is None):
+        raise ValueError("give exactly one of text or vector")
+    request = discovery_pb2.DiscoverRequest(tenant=tenant, top_k=top_k, filters=filters)
+    if text is not None:
+        request.text = text
+        request.vector_space = space
+    else:
+        request.vector.values.extend(vector or ())
+        request.vector.space = space
+    if estimated_input_tokens is not None:
+        request.estimated_input_tokens = estimated_input_tokens
+    if estimated_output_tokens is not None:
+        request.estimated_output_tokens = estimated_output_tokens
+    return request

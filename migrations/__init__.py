@@ -1,0 +1,1 @@
+"""Alembic migrations for capreg; run through `capreg migrate` (registry.store.migrate)."""

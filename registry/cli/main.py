@@ -1,0 +1,311 @@
+"""The `capreg` command line: serve, migrate, manage agents, discover."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from capreg.v1 import discovery_pb2
+from capreg_client import CapregClient, CapregError
+from capreg_client.requests import kind_value
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from registry.cli import output
+from registry.manifest import ManifestError, load_agents
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_TARGET = "127.0.0.1:50051"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def client_options(func: F) -> F:
+    func = click.option(
+        "--target", default=DEFAULT_TARGET, show_default=True, envvar="CAPREG_TARGET", help="Server address HOST:PORT."
+    )(func)
+    func = click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for an answer.")(func)
+    return func
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")(func)
+
+
+def fail(message: str) -> None:
+    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.exit(1)
+
+
+def call(target: str, timeout: float, action: Callable[[CapregClient], Any]) -> Any:
+    """Run `action` against the server, turning failures into messages that say what to do next."""
+    with CapregClient(target, timeout=timeout) as client:
+        try:
+            return action(client)
+        except CapregError as error:
+            hint = ""
+            if error.code.name == "UNAVAILABLE":
+                hint = f" (is `capreg serve` running at {target}? start it, or pass --target)"
+            field = f" [field: {error.field}]" if error.field else ""
+            fail(f"{error.code.name}: {error.message}{field}{hint}")
+    return None
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="capreg")
+def cli() -> None:
+    """capreg: a capability registry for multi-agent systems.
+
+    Agents register what they can do; orchestrators ask `discover` who should do a task.
+    """
+
+
+# -- serve and migrate -------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks one).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".capreg"), show_default=True,
+              help="Directory for the embedded SQLite database and index files.")
+@click.option("--database-url", envvar="CAPREG_DATABASE_URL",
+              help="SQLAlchemy URL of the database, e.g. postgresql://user@host/db (default: SQLite in --data-dir).")
+@click.option("--demo", is_flag=True, help="Load the demo catalog into an empty registry.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(host: str, port: int, data_dir: Path, database_url: str | None, demo: bool, log_level: str) -> None:
+    """Serve the registry over gRPC until SIGTERM or Ctrl-C."""
+    from registry.config import Settings
+    from registry.domain.errors import DomainError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "sentence_transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    settings = Settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    try:
+        asyncio.run(_serve(settings, demo))
+    except DomainError as error:
+        fail(error.message)
+
+
+async def _serve(settings: Any, demo: bool) -> None:
+    from registry.app import build_app
+
+    output.err_console.print("loading the embedding model and building the index ...")
+    app = await build_app(settings)
+    if demo:
+        added = await app.load_demo_if_empty()
+        if added:
+            output.err_console.print(f"loaded {added} demo agents")
+    port = await app.start()
+    output.err_console.print(
+        f"[green]capreg serving[/green] on {settings.host}:{port} "
+        f"({app.serving.index.live_count} capabilities, database {_redact(settings.resolved_database_url())})"
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    output.err_console.print("shutting down: finishing in-flight calls ...")
+    await app.stop()
+
+
+def _redact(url: str) -> str:
+    """Never print a password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else url
+    return url
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--to", "revision", default="head", show_default=True, help="Target revision: head, base or an id.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".capreg"), show_default=True)
+@click.option("--database-url", envvar="CAPREG_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in --data-dir).")
+def migrate(revision: str, data_dir: Path, database_url: str | None) -> None:
+    """Upgrade the database schema (or downgrade with --to REV)."""
+    from registry.store import migrate as migrations
+    from registry.store.engine import make_engine, sqlite_url
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(database_url or sqlite_url(data_dir))
+    before = migrations.current_revision(engine)
+    try:
+        direction = migrations.migrate_to(engine, revision)
+    except ValueError as error:
+        fail(str(error))
+    after = migrations.current_revision(engine)
+    click.echo(f"{direction}: {before or 'empty'} -> {after or 'empty'} (head is {migrations.head_revision(engine)})")
+
+
+# -- agents ------------------------------------------------------------------------------------------
+
+
+@cli.group(context_settings=CONTEXT)
+def agents() -> None:
+    """Register, list and inspect agents."""
+
+
+@agents.command("apply", context_settings=CONTEXT)
+@click.option("-f", "--file", "path", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A YAML or JSON manifest: {agents: [...]}.")
+@client_options
+@json_option
+def agents_apply(path: Path, target: str, timeout: float, as_json: bool) -> None:
+    """Register (create or update) every agent in a manifest."""
+    try:
+        manifest = load_agents(path)
+    except ManifestError as error:
+        fail(str(error))
+    results = []
+
+    def register_all(client: CapregClient) -> None:
+        with Progress(
+            TextColumn("registering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=output.err_console, disable=as_json or len(manifest) < 2,
+        ) as progress:
+            task = progress.add_task("agents", total=len(manifest))
+            for agent in manifest:
+                response = client.register_agent(agent)
+                results.append(response)
+                progress.advance(task)
+
+    call(target, timeout, register_all)
+    if as_json:
+        output.print_json([
+            {"name": r.agent.name, "tenant": r.agent.tenant, "created": r.created, "changed": r.changed,
+             "generation": r.agent.generation, "consistency_token": r.consistency_token}
+            for r in results
+        ])
+        return
+    for r in results:
+        verb = "created" if r.created else ("updated" if r.changed else "unchanged")
+        click.echo(f"{r.agent.tenant}/{r.agent.name}: {verb} (generation {r.agent.generation})")
+
+
+@agents.command("list", context_settings=CONTEXT)
+@click.option("--tenant", default="", help="Tenant (default: 'default').")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["model", "agent", "tool"]), help="Repeatable.")
+@click.option("--status", type=click.Choice(["active", "draining", "inactive"]))
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Repeatable; all must match.")
+@click.option("--prefix", default="", help="Names starting with this.")
+@client_options
+@json_option
+def agents_list(tenant: str, kinds: tuple[str, ...], status: str | None, labels: tuple[str, ...], prefix: str,
+                target: str, timeout: float, as_json: bool) -> None:
+    """List agents (every page)."""
+    found = call(target, timeout, lambda c: list(c.iter_agents(
+        tenant=tenant, kinds=kinds, status=status, labels=_pairs(labels, "--label"), name_prefix=prefix, page_size=200,
+    )))
+    if as_json:
+        output.print_json([output.to_dict(a) for a in found])
+    else:
+        output.console.print(output.agents_table(found))
+        click.echo(f"{len(found)} agents")
+
+
+@agents.command("get", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--tenant", default="", help="Tenant (default: 'default').")
+@client_options
+@json_option
+def agents_get(name: str, tenant: str, target: str, timeout: float, as_json: bool) -> None:
+    """Show one agent with its capabilities."""
+    agent = call(target, timeout, lambda c: c.get_agent(name, tenant=tenant))
+    if as_json:
+        output.print_json(output.to_dict(agent))
+    else:
+        output.console.print(output.agent_detail(agent))
+
+
+@agents.command("status", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("status", type=click.Choice(["active", "draining", "inactive"]))
+@click.option("--tenant", default="", help="Tenant (default: 'default').")
+@client_options
+def agents_status(name: str, status: str, tenant: str, target: str, timeout: float) -> None:
+    """Set an agent's status; draining and inactive agents get no new Discover answers."""
+    response = call(target, timeout, lambda c: c.update_agent_status(name, status, tenant=tenant))
+    click.echo(f"{response.agent.tenant}/{response.agent.name}: {status} (generation {response.agent.generation})")
+
+
+@agents.command("delete", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--tenant", default="", help="Tenant (default: 'default').")
+@client_options
+def agents_delete(name: str, tenant: str, target: str, timeout: float) -> None:
+    """Deregister an agent and all its capabilities."""
+    call(target, timeout, lambda c: c.deregister_agent(name, tenant=tenant))
+    click.echo(f"{tenant or 'default'}/{name}: deregistered")
+
+
+# -- discover ----------------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("text")
+@click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.option("--tenant", default="", help="Tenant (default: 'default').")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["model", "agent", "tool"]), help="Repeatable.")
+@click.option("--tag", "tags_all", multiple=True, help="Must carry this tag (repeatable: all).")
+@click.option("--any-tag", "tags_any", multiple=True, help="Must carry one of these tags (repeatable).")
+@click.option("--region", "regions", multiple=True, help="Must serve one of these regions (repeatable).")
+@click.option("--input-mode", "input_modes", multiple=True, help="Must accept this input mode (repeatable).")
+@click.option("--output-mode", "output_modes", multiple=True, help="Must produce this output mode (repeatable).")
+@click.option("--max-cost", type=float, help="Most USD this call may cost, estimated from the token counts.")
+@click.option("--max-latency", type=float, help="Highest acceptable p50 latency in ms.")
+@click.option("--min-quality", type=float, help="Lowest acceptable quality prior in [0,1].")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Agent label (repeatable: all).")
+@click.option("--input-tokens", type=int, help="Estimated input tokens (default 1000).")
+@click.option("--output-tokens", type=int, help="Estimated output tokens (default 1000).")
+@click.option("--explain", is_flag=True, help="Also show the plan, exclusions and timings.")
+@client_options
+@json_option
+def discover(text: str, top_k: int, tenant: str, kinds: tuple[str, ...], tags_all: tuple[str, ...],
+             tags_any: tuple[str, ...], regions: tuple[str, ...], input_modes: tuple[str, ...],
+             output_modes: tuple[str, ...], max_cost: float | None, max_latency: float | None,
+             min_quality: float | None, labels: tuple[str, ...], input_tokens: int | None,
+             output_tokens: int | None, explain: bool, target: str, timeout: float, as_json: bool) -> None:
+    """Find the agents best suited to TEXT."""
+    filters = discovery_pb2.DiscoverFilters(
+        kinds=[kind_value(k) for k in kinds], tags_all=tags_all, tags_any=tags_any, regions=regions,
+        input_modes=input_modes, output_modes=output_modes, labels=_pairs(labels, "--label"),
+        max_cost_usd=max_cost, max_latency_ms=max_latency, min_quality=min_quality,
+    )
+    response = call(target, timeout, lambda c: c.discover(
+        text, top_k=top_k, tenant=tenant, filters=filters,
+        estimated_input_tokens=input_tokens, estimated_output_tokens=output_tokens,
+    ))
+    if as_json:
+        output.print_json(output.to_dict(response))
+        return
+    if not response.matches:
+        click.echo("no agent matches; loosen the filters (see --explain for what excluded them)")
+    else:
+        output.console.print(output.matches_table(response, text))
+    if explain or not response.matches:
+        output.console.print(output.explanation_table(response))
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint=option)
+        pairs[key] = val
+    return pairs
+
+
+def main() -> None:
+    cli(prog_name="capreg")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Settings, validated once at start-up and passed down from the composition root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.embedding.sentence import MINILM_SHA256
+from registry.embedding.template import DEFAULT_TEMPLATE
+from registry.store.engine import sqlite_url
+
+
+class Settings(BaseSettings):
+    """Every setting can come from a CAPREG_* environment variable or a CLI flag."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPREG_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)  # 0 picks a free port
+    data_dir: Path = Path(".capreg")
+    database_url: str | None = None  # SQLite under data_dir when unset
+    migrate_on_start: bool | None = None  # default: yes for the embedded SQLite, no for a server database
+
+    model_path: Path | None = None  # the bundled all-MiniLM-L6-v2 when unset
+    model_sha256: str | None = MINILM_SHA256  # None skips the check (a model of your own)
+    vector_space: str = "minilm-l6-v2"
+    capability_template: str = DEFAULT_TEMPLATE
+    embed_cache_size: int = Field(10_000, ge=0)
+
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef_construction: int = Field(200, ge=16)
+    hnsw_ef_search: int = Field(64, ge=8)
+    exact_max_rows: int = Field(4096, ge=0)
+
+    shutdown_grace_s: float = Field(5.0, ge=0)
+    max_workers: int = Field(8, ge=1)  # threads for database and embedding work
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir)
+
+    def is_embedded(self) -> bool:
+        return self.resolved_database_url().startswith("sqlite")

@@ -1,0 +1,1 @@
+"""Domain types and rules, free of transport and storage concerns."""

@@ -1,0 +1,225 @@
+"""The registry's domain types: agents, capabilities, vector spaces and Discover queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_TENANT = "default"
+DEFAULT_QUALITY_PRIOR = 0.5
+DEFAULT_ESTIMATED_TOKENS = 1000
+
+
+class AgentKind(StrEnum):
+    MODEL = "model"
+    AGENT = "agent"
+    TOOL = "tool"
+
+
+class AgentStatus(StrEnum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    INACTIVE = "inactive"
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    per_call_usd: float = 0.0
+    per_1k_input_tokens_usd: float = 0.0
+    per_1k_output_tokens_usd: float = 0.0
+
+    def estimate(self, input_tokens: int, output_tokens: int) -> float:
+        """Estimated price of one call with the given token counts."""
+        return (
+            self.per_call_usd
+            + self.per_1k_input_tokens_usd * input_tokens / 1000.0
+            + self.per_1k_output_tokens_usd * output_tokens / 1000.0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    name: str
+    version: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    input_modes: tuple[str, ...] = ()
+    output_modes: tuple[str, ...] = ()
+    cost: Cost = field(default_factory=Cost)
+    latency_p50_ms: float = 0.0
+    quality_prior: float = DEFAULT_QUALITY_PRIOR
+    regions: tuple[str, ...] = ()
+    # Set by the store.
+    id: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.version)
+
+    def content(self) -> Capability:
+        """The caller-supplied part, for change detection."""
+        return replace(self, id="", created_at=None, updated_at=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    tenant: str
+    name: str
+    kind: AgentKind
+    endpoint: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    status: AgentStatus | None = None  # None at registration: keep the stored status, or ACTIVE
+    description: str = ""
+    capabilities: tuple[Capability, ...] = ()
+    # Set by the store.
+    id: str = ""
+    generation: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRef:
+    """Names an agent by id, or by tenant and name."""
+
+    id: str = ""
+    tenant: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VectorSpace:
+    """One way of embedding capabilities: a model, its revision, a text template, a dimension."""
+
+    name: str
+    model: str
+    model_revision: str
+    weights_sha256: str
+    template: str
+    dim: int
+    metric: str = "cosine"
+    state: str = "serving"
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ListAgentsQuery:
+    tenant: str = DEFAULT_TENANT
+    page_size: int = 50
+    page_token: str = ""
+    kinds: tuple[AgentKind, ...] = ()
+    status: AgentStatus | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    name_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverFilters:
+    kinds: tuple[AgentKind, ...] = ()
+    tags_all: tuple[str, ...] = ()
+    tags_any: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    input_modes: tuple[str, ...] = ()
+    output_modes: tuple[str, ...] = ()
+    max_cost_usd: float | None = None
+    max_latency_ms: float | None = None
+    min_quality: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    capability_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverQuery:
+    tenant: str = DEFAULT_TENANT
+    text: str | None = None
+    vector: Sequence[float] | None = None
+    vector_space: str = ""
+    top_k: int = 5
+    filters: DiscoverFilters = field(default_factory=DiscoverFilters)
+    estimated_input_tokens: int = DEFAULT_ESTIMATED_TOKENS
+    estimated_output_tokens: int = DEFAULT_ESTIMATED_TOKENS
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreTerm:
+    name: str
+    value: float
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    agent_id: str
+    agent_name: str
+    tenant: str
+    kind: AgentKind
+    endpoint: str
+    labels: dict[str, str]
+    capability: Capability
+    similarity: float
+    score: float
+    estimated_cost_usd: float
+    score_terms: tuple[ScoreTerm, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    candidates_total: int
+    candidates_allowed: int
+    plan: str
+    timings_ms: dict[str, float]
+    exclusions: dict[str, int]
+    hnsw_ef: int = 0
+    hnsw_rounds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverResult:
+    matches: tuple[Match, ...]
+    explanation: Explanation
+    vector_space: str
+    watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One capability with the agent attributes Discover needs, as the index holds it."""
+
+    capability: Capability
+    agent_id: str
+    agent_name: str
+    tenant: str
+    kind: AgentKind
+    endpoint: str
+    labels: dict[str, str]
+    status: AgentStatus
+    vector: npt.NDArray[np.float32] | None = None  # None: only attributes changed
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogChange:
+    """What one committed write did to one vector space's catalog, at change sequence `seq`."""
+
+    seq: int
+    upserts: tuple[CatalogEntry, ...] = ()
+    removed: tuple[str, ...] = ()  # capability ids
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    agent: Agent | None
+    seq: int  # 0 when nothing changed
+    change: CatalogChange
+    created: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.seq != 0

@@ -1,0 +1,1 @@
+"""Text embedding: the Embedder protocol, the sentence-transformers implementation and the text template."""

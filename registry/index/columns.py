@@ -1,0 +1,146 @@
+"""Attribute columns kept beside the vectors, so constraints compile to one boolean mask with numpy,
+never a per-candidate Python callback."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from registry.domain.models import AgentKind, AgentStatus, CatalogEntry, DiscoverFilters
+
+Mask = npt.NDArray[np.bool_]
+KIND_CODES = {kind: i for i, kind in enumerate(AgentKind)}
+STATUS_CODES = {status: i for i, status in enumerate(AgentStatus)}
+# Postings: which rows carry each value of these set-valued attributes.
+POSTING_FIELDS = ("tag", "region", "input_mode", "output_mode", "label", "capability_name")
+
+
+class AttributeColumns:
+    def __init__(self, capacity: int = 1024):
+        self.capacity = 0
+        self.live = np.zeros(0, dtype=np.bool_)
+        self.kind = np.zeros(0, dtype=np.int8)
+        self.status = np.zeros(0, dtype=np.int8)
+        self.cost_call = np.zeros(0, dtype=np.float64)
+        self.cost_in = np.zeros(0, dtype=np.float64)
+        self.cost_out = np.zeros(0, dtype=np.float64)
+        self.latency = np.zeros(0, dtype=np.float64)
+        self.quality = np.zeros(0, dtype=np.float64)
+        self.anywhere = np.zeros(0, dtype=np.bool_)  # no regions declared: serves every region
+        self.tenant = np.zeros(0, dtype=np.int32)
+        self.tenant_codes: dict[str, int] = {}
+        self.postings: dict[str, defaultdict[str, set[int]]] = {f: defaultdict(set) for f in POSTING_FIELDS}
+        self._row_keys: dict[int, list[tuple[str, str]]] = {}
+        self.grow(capacity)
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        for name in (
+            "live", "kind", "status", "cost_call", "cost_in", "cost_out", "latency", "quality", "anywhere", "tenant"
+        ):
+            old = getattr(self, name)
+            new = np.zeros(capacity, dtype=old.dtype)
+            new[: old.size] = old
+            setattr(self, name, new)
+        self.capacity = capacity
+
+    def set_row(self, row: int, entry: CatalogEntry) -> None:
+        self.clear_row(row)
+        cap = entry.capability
+        self.live[row] = True
+        self.kind[row] = KIND_CODES[entry.kind]
+        self.status[row] = STATUS_CODES[entry.status]
+        self.cost_call[row] = cap.cost.per_call_usd
+        self.cost_in[row] = cap.cost.per_1k_input_tokens_usd
+        self.cost_out[row] = cap.cost.per_1k_output_tokens_usd
+        self.latency[row] = cap.latency_p50_ms
+        self.quality[row] = cap.quality_prior
+        self.anywhere[row] = not cap.regions
+        self.tenant[row] = self.tenant_codes.setdefault(entry.tenant, len(self.tenant_codes) + 1)
+        keys = [("capability_name", cap.name)]
+        keys += [("tag", v) for v in cap.tags] + [("region", v) for v in cap.regions]
+        keys += [("input_mode", v) for v in cap.input_modes] + [("output_mode", v) for v in cap.output_modes]
+        keys += [("label", f"{k}={v}") for k, v in entry.labels.items()]
+        for field, value in keys:
+            self.postings[field][value].add(row)
+        self._row_keys[row] = keys
+
+    def clear_row(self, row: int) -> None:
+        self.live[row] = False
+        for field, value in self._row_keys.pop(row, []):
+            rows = self.postings[field][value]
+            rows.discard(row)
+            if not rows:
+                del self.postings[field][value]
+
+    def rows_with(self, field: str, value: str, size: int) -> Mask:
+        mask = np.zeros(size, dtype=np.bool_)
+        rows = self.postings[field].get(value)
+        if rows:
+            mask[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
+        return mask
+
+    def any_of(self, field: str, values: Iterable[str], size: int) -> Mask:
+        mask = np.zeros(size, dtype=np.bool_)
+        for value in values:
+            mask |= self.rows_with(field, value, size)
+        return mask
+
+
+def constraint_mask(
+    columns: AttributeColumns,
+    size: int,
+    tenant: str,
+    filters: DiscoverFilters,
+    input_tokens: int,
+    output_tokens: int,
+) -> tuple[Mask, dict[str, int]]:
+    """The rows a Discover may return, and how many live rows each constraint removed (in order)."""
+    mask = columns.live[:size].copy()
+    exclusions: dict[str, int] = {}
+
+    def apply(reason: str, allowed: Mask) -> None:
+        before = int(np.count_nonzero(mask))
+        np.logical_and(mask, allowed, out=mask)
+        removed = before - int(np.count_nonzero(mask))
+        if removed:
+            exclusions[reason] = removed
+
+    apply("tenant", columns.tenant[:size] == columns.tenant_codes.get(tenant, -1))
+    apply("status", columns.status[:size] == STATUS_CODES[AgentStatus.ACTIVE])
+    if filters.kinds:
+        apply("filter.kinds", np.isin(columns.kind[:size], [KIND_CODES[k] for k in filters.kinds]))
+    for tag in filters.tags_all:
+        apply("filter.tags_all", columns.rows_with("tag", tag, size))
+    if filters.tags_any:
+        apply("filter.tags_any", columns.any_of("tag", filters.tags_any, size))
+    if filters.regions:
+        apply("filter.regions", columns.any_of("region", filters.regions, size) | columns.anywhere[:size])
+    for mode in filters.input_modes:
+        apply("filter.input_modes", columns.rows_with("input_mode", mode, size))
+    for mode in filters.output_modes:
+        apply("filter.output_modes", columns.rows_with("output_mode", mode, size))
+    if filters.max_cost_usd is not None:
+        cost = estimated_cost(columns, size, input_tokens, output_tokens)
+        apply("filter.max_cost_usd", cost <= filters.max_cost_usd)
+    if filters.max_latency_ms is not None:
+        apply("filter.max_latency_ms", columns.latency[:size] <= filters.max_latency_ms)
+    if filters.min_quality is not None:
+        apply("filter.min_quality", columns.quality[:size] >= filters.min_quality)
+    for key, value in sorted(filters.labels.items()):
+        apply("filter.labels", columns.rows_with("label", f"{key}={value}", size))
+    if filters.capability_name:
+        apply("filter.capability_name", columns.rows_with("capability_name", filters.capability_name, size))
+    return mask, exclusions
+
+
+def estimated_cost(columns: AttributeColumns, size: int, input_tokens: int, output_tokens: int) -> npt.NDArray[np.float64]:
+    return (
+        columns.cost_call[:size]
+        + columns.cost_in[:size] * (input_tokens / 1000.0)
+        + columns.cost_out[:size] * (output_tokens / 1000.0)
+    )

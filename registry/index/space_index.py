@@ -1,0 +1,162 @@
+"""One vector space's in-memory index: vectors, HNSW graph, attribute columns and the planner that
+chooses between exact scoring and HNSW by how many rows the constraints allow."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from registry.domain.models import CatalogChange, CatalogEntry
+from registry.index import exact
+from registry.index.columns import AttributeColumns, Mask
+from registry.index.hnsw import HnswGraph, HnswParams
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerParams:
+    exact_max_rows: int = 4096  # at or below this many allowed rows, score them all exactly
+    oversample: float = 1.5  # extra HNSW candidates beyond k / selectivity
+    max_rounds: int = 4  # widenings before falling back to exact
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    rows: npt.NDArray[np.int64]
+    similarities: npt.NDArray[np.float32]
+    plan: str
+    ef: int = 0
+    rounds: int = 0
+
+
+class SpaceIndex:
+    """Not thread-safe: the server applies changes and searches on one event-loop thread."""
+
+    def __init__(self, dim: int, hnsw: HnswParams | None = None, planner: PlannerParams | None = None):
+        self.dim = dim
+        self.hnsw_params = hnsw or HnswParams()
+        self.planner = planner or PlannerParams()
+        capacity = self.hnsw_params.initial_capacity
+        self.graph = HnswGraph(dim, self.hnsw_params)
+        self.columns = AttributeColumns(capacity)
+        self.vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self.entries: list[CatalogEntry | None] = []
+        self.row_of: dict[str, int] = {}  # capability id -> row
+        self._free_rows: list[int] = []
+        self._applied_seq: dict[str, int] = {}  # capability id -> seq of the last change applied to it
+        self.watermark = 0
+
+    @property
+    def size(self) -> int:
+        """Rows ever allocated (live or free)."""
+        return len(self.entries)
+
+    @property
+    def live_count(self) -> int:
+        return len(self.row_of)
+
+    def apply(self, change: CatalogChange) -> None:
+        """Apply one committed change. Changes may arrive out of order; a row never goes back to an
+        older state than one already applied."""
+        for entry in change.upserts:
+            if self._applied_seq.get(entry.capability.id, -1) < change.seq:
+                self._upsert(entry)
+                self._applied_seq[entry.capability.id] = change.seq
+        for cap_id in change.removed:
+            if self._applied_seq.get(cap_id, -1) < change.seq:
+                self._remove(cap_id)
+                self._applied_seq[cap_id] = change.seq
+        self.watermark = max(self.watermark, change.seq)
+
+    def bulk_load(self, entries: list[CatalogEntry], watermark: int, num_threads: int = 2) -> None:
+        """Build from the stored catalog at start-up, in one HNSW batch."""
+        rows = np.arange(self.size, self.size + len(entries), dtype=np.int64)
+        self._reserve(self.size + len(entries))
+        for row, entry in zip(rows.tolist(), entries, strict=True):
+            assert entry.vector is not None
+            self.entries.append(entry)
+            self.row_of[entry.capability.id] = row
+            self.columns.set_row(row, entry)
+            self.vectors[row] = _unit(entry.vector)
+            self._applied_seq[entry.capability.id] = watermark
+        if entries:
+            self.graph.add(rows, self.vectors[rows], num_threads=num_threads)
+        self.watermark = max(self.watermark, watermark)
+
+    def search(self, query: npt.NDArray[np.float32], k: int, mask: Mask) -> SearchResult:
+        """The k allowed rows most similar to `query`, best first. Never fewer than min(k, allowed)."""
+        allowed = int(np.count_nonzero(mask))
+        k = min(k, allowed)
+        if k == 0:
+            return SearchResult(np.empty(0, np.int64), np.empty(0, np.float32), "empty")
+        query = _unit(query)
+        if allowed <= self.planner.exact_max_rows:
+            rows, sims = exact.top_k(self.vectors, np.flatnonzero(mask), query, k)
+            return SearchResult(rows, sims, "exact")
+        selectivity = allowed / max(self.live_count, 1)
+        fetch = min(self.live_count, math.ceil(k / selectivity * self.planner.oversample) + k)
+        for round_ in range(self.planner.max_rounds):
+            ef = max(self.hnsw_params.ef_search, fetch)
+            try:
+                rows, sims = self.graph.query(query, fetch, ef)
+            except RuntimeError:  # fewer reachable than asked for; exact is always right
+                break
+            keep = mask[rows]
+            if int(np.count_nonzero(keep)) >= k:
+                rows, sims = rows[keep], sims[keep]
+                order = np.lexsort((rows, -sims))[:k]
+                return SearchResult(rows[order], sims[order], "hnsw", ef=ef, rounds=round_)
+            if fetch >= self.live_count:
+                break
+            fetch = min(self.live_count, fetch * 4)
+        rows, sims = exact.top_k(self.vectors, np.flatnonzero(mask), query, k)
+        return SearchResult(rows, sims, "exact-fallback")
+
+    def entry(self, row: int) -> CatalogEntry:
+        entry = self.entries[row]
+        assert entry is not None
+        return entry
+
+    def _upsert(self, entry: CatalogEntry) -> None:
+        row = self.row_of.get(entry.capability.id)
+        if row is None:
+            if entry.vector is None:
+                raise ValueError(f"capability {entry.capability.id} is new to the index but came without a vector")
+            row = self._free_rows.pop() if self._free_rows else self._append_row()
+            self.row_of[entry.capability.id] = row
+        self.entries[row] = entry
+        self.columns.set_row(row, entry)
+        if entry.vector is not None:
+            self.vectors[row] = _unit(entry.vector)
+            self.graph.add(np.array([row], dtype=np.int64), self.vectors[row : row + 1])
+
+    def _remove(self, cap_id: str) -> None:
+        row = self.row_of.pop(cap_id, None)
+        if row is None:
+            return
+        self.graph.delete(row)
+        self.columns.clear_row(row)
+        self.entries[row] = None
+        self._free_rows.append(row)
+
+    def _append_row(self) -> int:
+        self._reserve(self.size + 1)
+        self.entries.append(None)
+        return self.size - 1
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= self.vectors.shape[0]:
+            return
+        capacity = max(rows, self.vectors.shape[0] * 2)
+        grown = np.zeros((capacity, self.dim), dtype=np.float32)
+        grown[: self.vectors.shape[0]] = self.vectors
+        self.vectors = grown
+        self.columns.grow(capacity)
+
+
+def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    v = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v

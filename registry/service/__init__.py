@@ -1,0 +1,1 @@
+"""Use cases: registration and discovery. No grpc and no sqlalchemy here."""

@@ -1,0 +1,113 @@
+"""Discover: embed the task (or take the caller's vector), mask by constraints, search, rank, explain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from registry.domain import validation as v
+from registry.domain.errors import NotFound
+from registry.domain.models import (
+    CatalogEntry,
+    DiscoverQuery,
+    DiscoverResult,
+    Explanation,
+    Match,
+    ScoreTerm,
+)
+from registry.index.columns import constraint_mask
+from registry.service.serving import ServingSpace
+
+SIMILARITY_WEIGHT = 0.9
+QUALITY_WEIGHT = 0.1
+RERANK_EXTRA = 10  # rows fetched beyond k so the quality term can reorder the top
+
+
+class DiscoveryService:
+    def __init__(self, serving: ServingSpace):
+        self._serving = serving
+
+    async def discover(self, query: DiscoverQuery) -> DiscoverResult:
+        started = time.perf_counter()
+        v.validate_discover(query)
+        serving = self._serving
+        space = serving.space
+        timings: dict[str, float] = {}
+        if query.vector_space and query.vector_space != space.name:
+            raise NotFound(f"vector space {query.vector_space!r} is not served here; the serving space is {space.name!r}")
+        if query.vector is not None:
+            vector = np.asarray(query.vector, dtype=np.float32)
+            v.validate_vector(vector, space.dim, "vector.values")
+        else:
+            assert query.text is not None
+            t0 = time.perf_counter()
+            vector = (await asyncio.to_thread(serving.embedder.embed, [query.text]))[0]
+            timings["embed"] = _ms(t0)
+        return self._search(query, vector, timings, started)
+
+    def _search(self, query: DiscoverQuery, vector: np.ndarray, timings: dict[str, float], started: float) -> DiscoverResult:
+        index = self._serving.index
+        t0 = time.perf_counter()
+        mask, exclusions = constraint_mask(
+            index.columns,
+            index.size,
+            v.tenant_or_default(query.tenant, "tenant"),
+            query.filters,
+            query.estimated_input_tokens,
+            query.estimated_output_tokens,
+        )
+        timings["filter"] = _ms(t0)
+        t0 = time.perf_counter()
+        found = index.search(vector, query.top_k + RERANK_EXTRA, mask)
+        timings["search"] = _ms(t0)
+        t0 = time.perf_counter()
+        matches = [
+            self._match(index.entry(int(row)), float(sim), query)
+            for row, sim in zip(found.rows.tolist(), found.similarities.tolist(), strict=True)
+        ]
+        matches.sort(key=lambda m: (-m.score, -m.similarity, m.capability.id))
+        timings["rank"] = _ms(t0)
+        timings["total"] = _ms(started)
+        explanation = Explanation(
+            candidates_total=index.live_count,
+            candidates_allowed=int(np.count_nonzero(mask)),
+            plan=found.plan,
+            timings_ms=timings,
+            exclusions=exclusions,
+            hnsw_ef=found.ef,
+            hnsw_rounds=found.rounds,
+        )
+        return DiscoverResult(
+            matches=tuple(matches[: query.top_k]),
+            explanation=explanation,
+            vector_space=self._serving.space.name,
+            watermark=index.watermark,
+        )
+
+    @staticmethod
+    def _match(entry: CatalogEntry, similarity: float, query: DiscoverQuery) -> Match:
+        cap = entry.capability
+        score = SIMILARITY_WEIGHT * similarity + QUALITY_WEIGHT * cap.quality_prior
+        return Match(
+            agent_id=entry.agent_id,
+            agent_name=entry.agent_name,
+            tenant=entry.tenant,
+            kind=entry.kind,
+            endpoint=entry.endpoint,
+            labels=entry.labels,
+            capability=cap,
+            similarity=similarity,
+            score=score,
+            estimated_cost_usd=cap.cost.estimate(query.estimated_input_tokens, query.estimated_output_tokens),
+            score_terms=(
+                ScoreTerm("similarity", similarity, SIMILARITY_WEIGHT),
+                ScoreTerm("quality_prior", cap.quality_prior, QUALITY_WEIGHT),
+            ),
+        )
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, repositories and migrations. The only layer that imports sqlalchemy."""

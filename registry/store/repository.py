@@ -1,0 +1,442 @@
+"""The registry's repository: every read and write of agents, capabilities, vectors and the change log.
+
+Methods are synchronous and run in worker threads; each write is one transaction that also appends to
+change_log, and returns the CatalogChange the in-memory index must apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from registry.domain.errors import Conflict, InvalidArgument, NotFound
+from registry.domain.models import (
+    Agent,
+    AgentRef,
+    AgentStatus,
+    CatalogChange,
+    CatalogEntry,
+    ListAgentsQuery,
+    VectorSpace,
+    WriteResult,
+)
+from registry.store import tables as t
+from registry.store.rows import agent_from_row, capability_from_row, capability_values, space_from_row
+
+CONFLICT_RETRIES = 3
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def vector_to_bytes(vector: npt.NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(data: bytes) -> npt.NDArray[np.float32]:
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+class RegistryStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # -- vector spaces -------------------------------------------------------------------------------
+
+    def ensure_space(self, space: VectorSpace) -> VectorSpace:
+        """Create the space, or check that the stored one was made the same way."""
+        with self._begin() as conn:
+            row = conn.execute(select(t.vector_spaces).where(t.vector_spaces.c.name == space.name)).mappings().first()
+            if row is None:
+                now = now_utc()
+                space_id = conn.execute(
+                    insert(t.vector_spaces).values(
+                        name=space.name,
+                        model=space.model,
+                        model_revision=space.model_revision,
+                        weights_sha256=space.weights_sha256,
+                        template=space.template,
+                        dim=space.dim,
+                        metric=space.metric,
+                        state=space.state,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key
+                assert space_id is not None
+                return replace(space, id=int(space_id[0]))
+            stored = space_from_row(row)
+            for attr in ("model", "weights_sha256", "template", "dim", "metric"):
+                if getattr(stored, attr) != getattr(space, attr):
+                    raise Conflict(
+                        f"vector space {space.name!r} was built with {attr}={getattr(stored, attr)!r}, "
+                        f"but the server is configured with {getattr(space, attr)!r}; configure the same "
+                        "model and template, or roll out a new vector space"
+                    )
+            return stored
+
+    def vectors_by_text(self, space_id: int, text_hashes: Collection[str]) -> dict[str, bytes]:
+        """Stored vectors for any of these embedded texts, so unchanged text is never embedded twice."""
+        if not text_hashes:
+            return {}
+        with self._connect() as conn:
+            rows = conn.execute(
+                select(t.capability_vectors.c.text_sha256, t.capability_vectors.c.vector).where(
+                    t.capability_vectors.c.space_id == space_id,
+                    t.capability_vectors.c.text_sha256.in_(list(text_hashes)),
+                )
+            )
+            return {text_hash: vector for text_hash, vector in rows}
+
+    def catalog(self, space_id: int, batch_size: int = 2000) -> Iterator[CatalogEntry]:
+        """Every capability with its vector in the space: what the index is built from at start-up."""
+        query = (
+            select(t.capabilities, t.agents, t.capability_vectors.c.vector)
+            .join(t.agents, t.agents.c.id == t.capabilities.c.agent_id)
+            .join(t.capability_vectors, t.capability_vectors.c.capability_id == t.capabilities.c.id)
+            .where(t.capability_vectors.c.space_id == space_id)
+        )
+        with self._connect() as conn:
+            result = conn.execution_options(yield_per=batch_size).execute(query)
+            for row in result:
+                cap_row = {c.name: row._mapping[t.capabilities.c[c.name]] for c in t.capabilities.columns}
+                agent_row = {c.name: row._mapping[t.agents.c[c.name]] for c in t.agents.columns}
+                agent = agent_from_row(agent_row, ())
+                yield _entry(agent, capability_from_row(cap_row), vector_from_bytes(row.vector))
+
+    def watermark(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(t.change_log.c.seq), 0))).scalar_one())
+
+    # -- agents: writes ------------------------------------------------------------------------------
+
+    def register(
+        self,
+        agent: Agent,
+        expected_generation: int,
+        space_id: int,
+        text_hashes: Sequence[str],
+        vectors: dict[str, bytes],
+    ) -> WriteResult:
+        """Idempotent upsert of an agent with exactly these capabilities.
+
+        text_hashes[i] is the hash of capability i's embedded text; vectors maps each hash to its vector.
+        """
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return self._register_once(agent, expected_generation, space_id, text_hashes, vectors)
+            except IntegrityError as exc:  # a concurrent first registration of the same tenant or name
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise Conflict(f"agent {agent.tenant}/{agent.name} is being registered concurrently") from exc
+        raise AssertionError("unreachable")
+
+    def _register_once(
+        self,
+        agent: Agent,
+        expected_generation: int,
+        space_id: int,
+        text_hashes: Sequence[str],
+        vectors: dict[str, bytes],
+    ) -> WriteResult:
+        now = now_utc()
+        with self._begin() as conn:
+            self._ensure_tenant(conn, agent.tenant, now)
+            row = (
+                conn.execute(
+                    select(t.agents)
+                    .where(t.agents.c.tenant_id == agent.tenant, t.agents.c.name == agent.name)
+                    .with_for_update()
+                )
+                .mappings()
+                .first()
+            )
+            created = row is None
+            if row is None:
+                if expected_generation:
+                    raise Conflict(
+                        f"agent {agent.tenant}/{agent.name} does not exist, but generation {expected_generation} "
+                        "was expected; send expected_generation 0 to create it"
+                    )
+                agent_id = str(uuid.uuid4())
+                status = agent.status or AgentStatus.ACTIVE
+                conn.execute(
+                    insert(t.agents).values(
+                        id=agent_id,
+                        tenant_id=agent.tenant,
+                        name=agent.name,
+                        kind=agent.kind.value,
+                        endpoint=agent.endpoint,
+                        description=agent.description,
+                        labels=agent.labels,
+                        status=status.value,
+                        generation=1,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                stored_caps: dict[tuple[str, str], Any] = {}
+                stored_hashes: dict[str, str] = {}
+                agent_changed = True
+            else:
+                agent_id = row["id"]
+                _check_generation(row["generation"], expected_generation, agent)
+                status = agent.status or AgentStatus(row["status"])
+                agent_changed = (
+                    row["kind"] != agent.kind.value
+                    or row["endpoint"] != agent.endpoint
+                    or row["description"] != agent.description
+                    or dict(row["labels"]) != agent.labels
+                    or row["status"] != status.value
+                )
+                stored_caps = {
+                    (r["name"], r["version"]): r
+                    for r in conn.execute(select(t.capabilities).where(t.capabilities.c.agent_id == agent_id))
+                    .mappings()
+                    .all()
+                }
+                stored_hashes = dict(
+                    conn.execute(
+                        select(t.capability_vectors.c.capability_id, t.capability_vectors.c.text_sha256).where(
+                            t.capability_vectors.c.space_id == space_id,
+                            t.capability_vectors.c.capability_id.in_([r["id"] for r in stored_caps.values()]),
+                        )
+                    ).all()
+                )
+
+            wanted = {cap.key for cap in agent.capabilities}
+            removed = [r["id"] for key, r in stored_caps.items() if key not in wanted]
+            new_vectors: dict[str, npt.NDArray[np.float32]] = {}
+            caps_changed = bool(removed)
+            for cap, text_hash in zip(agent.capabilities, text_hashes, strict=True):
+                old = stored_caps.get(cap.key)
+                if old is None:
+                    cap_id = str(uuid.uuid4())
+                    conn.execute(
+                        insert(t.capabilities).values(
+                            id=cap_id, agent_id=agent_id, created_at=now, updated_at=now, **capability_values(cap)
+                        )
+                    )
+                    caps_changed = True
+                else:
+                    cap_id = old["id"]
+                    if capability_from_row(old).content() != cap.content():
+                        conn.execute(
+                            update(t.capabilities)
+                            .where(t.capabilities.c.id == cap_id)
+                            .values(updated_at=now, **capability_values(cap))
+                        )
+                        caps_changed = True
+                if stored_hashes.get(cap_id) != text_hash:
+                    self._put_vector(conn, cap_id, space_id, text_hash, vectors[text_hash], now, cap_id in stored_hashes)
+                    new_vectors[cap_id] = vector_from_bytes(vectors[text_hash])
+                    caps_changed = True
+            if removed:
+                conn.execute(delete(t.capabilities).where(t.capabilities.c.id.in_(removed)))
+
+            if not (agent_changed or caps_changed):
+                return WriteResult(agent=self._load_agent(conn, agent_id), seq=0, change=CatalogChange(seq=0))
+            if not created:
+                conn.execute(
+                    update(t.agents)
+                    .where(t.agents.c.id == agent_id)
+                    .values(
+                        kind=agent.kind.value,
+                        endpoint=agent.endpoint,
+                        description=agent.description,
+                        labels=agent.labels,
+                        status=status.value,
+                        generation=t.agents.c.generation + 1,
+                        updated_at=now,
+                    )
+                )
+            seq = self._log(conn, agent.tenant, agent_id, "create" if created else "update", now)
+            stored = self._load_agent(conn, agent_id)
+        upserts = tuple(_entry(stored, cap, new_vectors.get(cap.id)) for cap in stored.capabilities)
+        return WriteResult(
+            agent=stored, seq=seq, change=CatalogChange(seq=seq, upserts=upserts, removed=tuple(removed)), created=created
+        )
+
+    def update_status(self, ref: AgentRef, status: AgentStatus, expected_generation: int) -> WriteResult:
+        now = now_utc()
+        with self._begin() as conn:
+            row = self._find_agent_row(conn, ref, for_update=True)
+            stored = agent_from_row(row, ())
+            _check_generation(row["generation"], expected_generation, stored)
+            if row["status"] == status.value:
+                return WriteResult(agent=self._load_agent(conn, row["id"]), seq=0, change=CatalogChange(seq=0))
+            conn.execute(
+                update(t.agents)
+                .where(t.agents.c.id == row["id"])
+                .values(status=status.value, generation=t.agents.c.generation + 1, updated_at=now)
+            )
+            seq = self._log(conn, row["tenant_id"], row["id"], "status", now)
+            agent = self._load_agent(conn, row["id"])
+        upserts = tuple(_entry(agent, cap, None) for cap in agent.capabilities)
+        return WriteResult(agent=agent, seq=seq, change=CatalogChange(seq=seq, upserts=upserts))
+
+    def deregister(self, ref: AgentRef, expected_generation: int) -> WriteResult:
+        now = now_utc()
+        with self._begin() as conn:
+            row = self._find_agent_row(conn, ref, for_update=True)
+            _check_generation(row["generation"], expected_generation, agent_from_row(row, ()))
+            cap_ids = list(conn.execute(select(t.capabilities.c.id).where(t.capabilities.c.agent_id == row["id"])).scalars())
+            conn.execute(delete(t.agents).where(t.agents.c.id == row["id"]))
+            seq = self._log(conn, row["tenant_id"], row["id"], "delete", now)
+        return WriteResult(agent=None, seq=seq, change=CatalogChange(seq=seq, removed=tuple(cap_ids)))
+
+    # -- agents: reads -------------------------------------------------------------------------------
+
+    def get(self, ref: AgentRef) -> Agent:
+        with self._connect() as conn:
+            return self._load_agent(conn, self._find_agent_row(conn, ref)["id"])
+
+    def list(self, query: ListAgentsQuery) -> tuple[list[Agent], str]:
+        """One page of agents ordered by name, and the token of the next page ('' on the last)."""
+        fingerprint = _fingerprint(query)
+        after = _decode_token(query.page_token, fingerprint) if query.page_token else None
+        stmt = select(t.agents).where(t.agents.c.tenant_id == query.tenant)
+        if after is not None:
+            stmt = stmt.where(t.agents.c.name > after)
+        if query.kinds:
+            stmt = stmt.where(t.agents.c.kind.in_([k.value for k in query.kinds]))
+        if query.status is not None:
+            stmt = stmt.where(t.agents.c.status == query.status.value)
+        if query.name_prefix:
+            stmt = stmt.where(t.agents.c.name.startswith(query.name_prefix, autoescape=True))
+        for key, value in sorted(query.labels.items()):
+            stmt = stmt.where(t.agents.c.labels[key].as_string() == value)
+        stmt = stmt.order_by(t.agents.c.name).limit(query.page_size + 1)
+        with self._connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+            page = rows[: query.page_size]
+            caps = self._capabilities_of(conn, [r["id"] for r in page])
+            agents = [agent_from_row(r, caps.get(r["id"], ())) for r in page]
+        token = _encode_token(page[-1]["name"], fingerprint) if len(rows) > query.page_size else ""
+        return agents, token
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _begin(self) -> Any:
+        return self.engine.begin()
+
+    def _connect(self) -> Any:
+        return self.engine.connect()
+
+    @staticmethod
+    def _ensure_tenant(conn: Connection, tenant: str, now: datetime) -> None:
+        if conn.execute(select(t.tenants.c.id).where(t.tenants.c.id == tenant)).first() is None:
+            conn.execute(insert(t.tenants).values(id=tenant, created_at=now))
+
+    @staticmethod
+    def _log(conn: Connection, tenant: str, agent_id: str, op: str, now: datetime) -> int:
+        key = conn.execute(
+            insert(t.change_log).values(tenant_id=tenant, entity="agent", entity_id=agent_id, op=op, created_at=now)
+        ).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    @staticmethod
+    def _put_vector(
+        conn: Connection, cap_id: str, space_id: int, text_hash: str, vector: bytes, now: datetime, exists: bool
+    ) -> None:
+        values = {"text_sha256": text_hash, "vector": vector, "created_at": now}
+        if exists:
+            conn.execute(
+                update(t.capability_vectors)
+                .where(t.capability_vectors.c.capability_id == cap_id, t.capability_vectors.c.space_id == space_id)
+                .values(**values)
+            )
+        else:
+            conn.execute(insert(t.capability_vectors).values(capability_id=cap_id, space_id=space_id, **values))
+
+    @staticmethod
+    def _find_agent_row(conn: Connection, ref: AgentRef, *, for_update: bool = False) -> Any:
+        if ref.id:
+            stmt = select(t.agents).where(t.agents.c.id == ref.id)
+            what = f"agent id {ref.id}"
+        else:
+            stmt = select(t.agents).where(t.agents.c.tenant_id == ref.tenant, t.agents.c.name == ref.name)
+            what = f"agent {ref.tenant}/{ref.name}"
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).mappings().first()
+        if row is None:
+            raise NotFound(f"{what} is not registered; `capreg agents list` shows what is")
+        return row
+
+    def _load_agent(self, conn: Connection, agent_id: str) -> Agent:
+        row = conn.execute(select(t.agents).where(t.agents.c.id == agent_id)).mappings().one()
+        return agent_from_row(row, self._capabilities_of(conn, [agent_id]).get(agent_id, ()))
+
+    @staticmethod
+    def _capabilities_of(conn: Connection, agent_ids: list[str]) -> dict[str, tuple[Any, ...]]:
+        if not agent_ids:
+            return {}
+        rows = conn.execute(
+            select(t.capabilities)
+            .where(t.capabilities.c.agent_id.in_(agent_ids))
+            .order_by(t.capabilities.c.name, t.capabilities.c.version)
+        ).mappings()
+        grouped: dict[str, list[Any]] = {}
+        for row in rows:
+            grouped.setdefault(row["agent_id"], []).append(capability_from_row(row))
+        return {agent_id: tuple(caps) for agent_id, caps in grouped.items()}
+
+
+def _entry(agent: Agent, cap: Any, vector: npt.NDArray[np.float32] | None) -> CatalogEntry:
+    assert agent.status is not None
+    return CatalogEntry(
+        capability=cap,
+        agent_id=agent.id,
+        agent_name=agent.name,
+        tenant=agent.tenant,
+        kind=agent.kind,
+        endpoint=agent.endpoint,
+        labels=agent.labels,
+        status=agent.status,
+        vector=vector,
+    )
+
+
+def _check_generation(stored: int, expected: int, agent: Agent) -> None:
+    if expected and stored != expected:
+        raise Conflict(
+            f"agent {agent.tenant}/{agent.name} is at generation {stored}, not {expected}; "
+            "re-read it and retry, or send expected_generation 0 to overwrite"
+        )
+
+
+def _fingerprint(query: ListAgentsQuery) -> str:
+    """Ties a page token to the filters it was issued for."""
+    key = json.dumps(
+        [query.tenant, sorted(k.value for k in query.kinds), query.status, sorted(query.labels.items()), query.name_prefix]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _encode_token(after: str, fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"a": after, "f": fingerprint}).encode()).decode()
+
+
+def _decode_token(token: str, fingerprint: str) -> str:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after, issued_for = data["a"], data["f"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument("page_token", "is not a token this server issued") from exc
+    if not isinstance(after, str) or issued_for != fingerprint:
+        raise InvalidArgument("page_token", "was issued for a different tenant or filters; start from the first page")
+    return after

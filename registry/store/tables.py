@@ -1,0 +1,121 @@
+"""Table definitions. Migrations in migrations/ create them; create_all is used only by model tests."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite autoincrements only INTEGER PRIMARY KEY columns.
+SeqInt = BigInteger().with_variant(Integer(), "sqlite")
+Timestamp = DateTime(timezone=True)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(63), primary_key=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("endpoint", String(2048), nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("labels", Json, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_agents_tenant_id_name"),
+)
+
+capabilities = Table(
+    "capabilities",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("agent_id", String(36), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("examples", Json, nullable=False),
+    Column("tags", Json, nullable=False),
+    Column("input_modes", Json, nullable=False),
+    Column("output_modes", Json, nullable=False),
+    Column("cost_per_call_usd", Float, nullable=False),
+    Column("cost_per_1k_input_usd", Float, nullable=False),
+    Column("cost_per_1k_output_usd", Float, nullable=False),
+    Column("latency_p50_ms", Float, nullable=False),
+    Column("quality_prior", Float, nullable=False),
+    Column("regions", Json, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("agent_id", "name", "version", name="uq_capabilities_agent_id_name_version"),
+)
+
+vector_spaces = Table(
+    "vector_spaces",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("model", String(256), nullable=False),
+    Column("model_revision", String(128), nullable=False),
+    Column("weights_sha256", String(64), nullable=False),
+    Column("template", Text, nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+capability_vectors = Table(
+    "capability_vectors",
+    metadata,
+    Column("capability_id", String(36), ForeignKey("capabilities.id", ondelete="CASCADE"), primary_key=True),
+    Column("space_id", Integer, ForeignKey("vector_spaces.id", ondelete="CASCADE"), primary_key=True),
+    Column("text_sha256", String(64), nullable=False),
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian, `dim` values
+    Column("created_at", Timestamp, nullable=False),
+    Index("ix_capability_vectors_space_text", "space_id", "text_sha256"),
+)
+
+change_log = Table(
+    "change_log",
+    metadata,
+    Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(63), nullable=False),
+    Column("entity", String(32), nullable=False),
+    Column("entity_id", String(64), nullable=False),
+    Column("op", String(16), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""gRPC transport: servicers, the error interceptor and proto <-> domain conversion."""

@@ -1,0 +1,226 @@
+"""Every conversion between protobuf messages and domain objects, in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from registry.domain.errors import InvalidArgument
+from registry.domain.models import (
+    DEFAULT_ESTIMATED_TOKENS,
+    DEFAULT_QUALITY_PRIOR,
+    Agent,
+    AgentKind,
+    AgentRef,
+    AgentStatus,
+    Capability,
+    Cost,
+    DiscoverFilters,
+    DiscoverQuery,
+    DiscoverResult,
+    ListAgentsQuery,
+    Match,
+)
+
+DEFAULT_TOP_K = 5
+DEFAULT_PAGE_SIZE = 50
+
+KIND_FROM_PROTO = {
+    agent_pb2.AGENT_KIND_MODEL: AgentKind.MODEL,
+    agent_pb2.AGENT_KIND_AGENT: AgentKind.AGENT,
+    agent_pb2.AGENT_KIND_TOOL: AgentKind.TOOL,
+}
+KIND_TO_PROTO = {kind: number for number, kind in KIND_FROM_PROTO.items()}
+STATUS_FROM_PROTO = {
+    agent_pb2.AGENT_STATUS_ACTIVE: AgentStatus.ACTIVE,
+    agent_pb2.AGENT_STATUS_DRAINING: AgentStatus.DRAINING,
+    agent_pb2.AGENT_STATUS_INACTIVE: AgentStatus.INACTIVE,
+}
+STATUS_TO_PROTO = {status: number for number, status in STATUS_FROM_PROTO.items()}
+
+
+def kind_from_proto(value: int, field: str) -> AgentKind:
+    try:
+        return KIND_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown agent kind {value}; use MODEL, AGENT or TOOL") from None
+
+
+def status_from_proto(value: int, field: str, *, allow_unspecified: bool = False) -> AgentStatus | None:
+    if value == agent_pb2.AGENT_STATUS_UNSPECIFIED and allow_unspecified:
+        return None
+    try:
+        return STATUS_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown agent status {value}; use ACTIVE, DRAINING or INACTIVE") from None
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+# -- agents ------------------------------------------------------------------------------------------
+
+
+def capability_from_proto(msg: agent_pb2.Capability) -> Capability:
+    return Capability(
+        name=msg.name,
+        version=msg.version,
+        description=msg.description,
+        examples=tuple(msg.examples),
+        tags=tuple(msg.tags),
+        input_modes=tuple(msg.input_modes),
+        output_modes=tuple(msg.output_modes),
+        cost=Cost(msg.cost.per_call_usd, msg.cost.per_1k_input_tokens_usd, msg.cost.per_1k_output_tokens_usd),
+        latency_p50_ms=msg.latency_p50_ms,
+        quality_prior=msg.quality_prior if msg.HasField("quality_prior") else DEFAULT_QUALITY_PRIOR,
+        regions=tuple(msg.regions),
+    )
+
+
+def agent_from_proto(msg: agent_pb2.Agent, field: str = "agent") -> Agent:
+    return Agent(
+        tenant=msg.tenant,
+        name=msg.name,
+        kind=kind_from_proto(msg.kind, f"{field}.kind"),
+        endpoint=msg.endpoint,
+        labels=dict(msg.labels),
+        status=status_from_proto(msg.status, f"{field}.status", allow_unspecified=True),
+        description=msg.description,
+        capabilities=tuple(capability_from_proto(c) for c in msg.capabilities),
+    )
+
+
+def capability_to_proto(cap: Capability) -> agent_pb2.Capability:
+    return agent_pb2.Capability(
+        id=cap.id,
+        name=cap.name,
+        version=cap.version,
+        description=cap.description,
+        examples=cap.examples,
+        tags=cap.tags,
+        input_modes=cap.input_modes,
+        output_modes=cap.output_modes,
+        cost=agent_pb2.Cost(
+            per_call_usd=cap.cost.per_call_usd,
+            per_1k_input_tokens_usd=cap.cost.per_1k_input_tokens_usd,
+            per_1k_output_tokens_usd=cap.cost.per_1k_output_tokens_usd,
+        ),
+        latency_p50_ms=cap.latency_p50_ms,
+        quality_prior=cap.quality_prior,
+        regions=cap.regions,
+        create_time=_timestamp(cap.created_at),
+        update_time=_timestamp(cap.updated_at),
+    )
+
+
+def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
+    return agent_pb2.Agent(
+        id=agent.id,
+        tenant=agent.tenant,
+        name=agent.name,
+        kind=KIND_TO_PROTO[agent.kind],
+        endpoint=agent.endpoint,
+        labels=agent.labels,
+        status=STATUS_TO_PROTO[agent.status] if agent.status else agent_pb2.AGENT_STATUS_UNSPECIFIED,
+        description=agent.description,
+        capabilities=[capability_to_proto(c) for c in agent.capabilities],
+        generation=agent.generation,
+        create_time=_timestamp(agent.created_at),
+        update_time=_timestamp(agent.updated_at),
+    )
+
+
+def ref_from_proto(msg: agent_pb2.AgentRef) -> AgentRef:
+    return AgentRef(id=msg.id, tenant=msg.tenant, name=msg.name)
+
+
+def list_query_from_proto(msg: registry_pb2.ListAgentsRequest) -> ListAgentsQuery:
+    from registry.domain.validation import tenant_or_default
+
+    return ListAgentsQuery(
+        tenant=tenant_or_default(msg.tenant, "tenant"),
+        page_size=msg.page_size or DEFAULT_PAGE_SIZE,
+        page_token=msg.page_token,
+        kinds=tuple(kind_from_proto(k, f"kinds[{i}]") for i, k in enumerate(msg.kinds)),
+        status=status_from_proto(msg.status, "status", allow_unspecified=True),
+        labels=dict(msg.labels),
+        name_prefix=msg.name_prefix,
+    )
+
+
+# -- discovery ---------------------------------------------------------------------------------------
+
+
+def filters_from_proto(msg: discovery_pb2.DiscoverFilters) -> DiscoverFilters:
+    return DiscoverFilters(
+        kinds=tuple(kind_from_proto(k, f"filters.kinds[{i}]") for i, k in enumerate(msg.kinds)),
+        tags_all=tuple(msg.tags_all),
+        tags_any=tuple(msg.tags_any),
+        regions=tuple(msg.regions),
+        input_modes=tuple(msg.input_modes),
+        output_modes=tuple(msg.output_modes),
+        max_cost_usd=msg.max_cost_usd if msg.HasField("max_cost_usd") else None,
+        max_latency_ms=msg.max_latency_ms if msg.HasField("max_latency_ms") else None,
+        min_quality=msg.min_quality if msg.HasField("min_quality") else None,
+        labels=dict(msg.labels),
+        capability_name=msg.capability_name,
+    )
+
+
+def discover_query_from_proto(msg: discovery_pb2.DiscoverRequest) -> DiscoverQuery:
+    which = msg.WhichOneof("query")
+    return DiscoverQuery(
+        tenant=msg.tenant,
+        text=msg.text if which == "text" else None,
+        vector=msg.vector.values if which == "vector" else None,
+        vector_space=msg.vector.space if which == "vector" else msg.vector_space,
+        top_k=msg.top_k or DEFAULT_TOP_K,
+        filters=filters_from_proto(msg.filters),
+        estimated_input_tokens=(
+            msg.estimated_input_tokens if msg.HasField("estimated_input_tokens") else DEFAULT_ESTIMATED_TOKENS
+        ),
+        estimated_output_tokens=(
+            msg.estimated_output_tokens if msg.HasField("estimated_output_tokens") else DEFAULT_ESTIMATED_TOKENS
+        ),
+    )
+
+
+def match_to_proto(match: Match) -> discovery_pb2.Match:
+    return discovery_pb2.Match(
+        agent_id=match.agent_id,
+        agent_name=match.agent_name,
+        tenant=match.tenant,
+        kind=KIND_TO_PROTO[match.kind],
+        endpoint=match.endpoint,
+        labels=match.labels,
+        capability=capability_to_proto(match.capability),
+        similarity=match.similarity,
+        score=match.score,
+        estimated_cost_usd=match.estimated_cost_usd,
+        score_terms=[discovery_pb2.ScoreTerm(name=t.name, value=t.value, weight=t.weight) for t in match.score_terms],
+    )
+
+
+def discover_result_to_proto(result: DiscoverResult) -> discovery_pb2.DiscoverResponse:
+    exp = result.explanation
+    return discovery_pb2.DiscoverResponse(
+        matches=[match_to_proto(m) for m in result.matches],
+        explanation=discovery_pb2.Explanation(
+            candidates_total=exp.candidates_total,
+            candidates_allowed=exp.candidates_allowed,
+            plan=exp.plan,
+            timings=[discovery_pb2.StageTiming(stage=s, ms=ms) for s, ms in exp.timings_ms.items()],
+            exclusions=[discovery_pb2.Exclusion(reason=r, count=c) for r, c in exp.exclusions.items()],
+            hnsw_ef=exp.hnsw_ef,
+            hnsw_rounds=exp.hnsw_rounds,
+        ),
+        vector_space=result.vector_space,
+        watermark=result.watermark,
+    )

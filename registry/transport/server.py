@@ -1,0 +1,57 @@
+"""The grpc.aio server: our services, health checking, reflection and the error interceptor."""
+
+from __future__ import annotations
+
+import grpc
+from capreg.v1 import discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from registry.service.discovery_service import DiscoveryService
+from registry.service.registry_service import RegistryService
+from registry.transport.errors import ErrorInterceptor
+from registry.transport.servicers import DiscoveryServicer, RegistryServicer
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVICE_NAMES = (
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
+)
+
+
+class GrpcServer:
+    def __init__(self, registry: RegistryService, discovery: DiscoveryService):
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), self.server)
+        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryServicer(discovery), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind and start; returns the bound port (useful when `port` is 0)."""
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}; is another server using it? Pick one with --port")
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return bound
+
+    async def stop(self, grace_s: float) -> None:
+        """Say NOT_SERVING first so load balancers drain us, then finish in-flight calls."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()

@@ -1,0 +1,71 @@
+"""Thin servicers: proto -> domain, call the service, domain -> proto. Errors go to the interceptor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from capreg.v1 import discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+from registry.service.discovery_service import DiscoveryService
+from registry.service.registry_service import RegistryService
+from registry.transport import convert
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, service: RegistryService):
+        self._service = service
+
+    async def RegisterAgent(
+        self, request: registry_pb2.RegisterAgentRequest, context: Context
+    ) -> registry_pb2.RegisterAgentResponse:
+        result = await self._service.register(convert.agent_from_proto(request.agent), request.expected_generation)
+        assert result.agent is not None
+        return registry_pb2.RegisterAgentResponse(
+            agent=convert.agent_to_proto(result.agent),
+            created=result.created,
+            changed=result.changed,
+            consistency_token=result.seq,
+        )
+
+    async def GetAgent(self, request: registry_pb2.GetAgentRequest, context: Context) -> registry_pb2.GetAgentResponse:
+        agent = await self._service.get(convert.ref_from_proto(request.agent))
+        return registry_pb2.GetAgentResponse(agent=convert.agent_to_proto(agent))
+
+    async def ListAgents(
+        self, request: registry_pb2.ListAgentsRequest, context: Context
+    ) -> registry_pb2.ListAgentsResponse:
+        agents, token = await self._service.list(convert.list_query_from_proto(request))
+        return registry_pb2.ListAgentsResponse(
+            agents=[convert.agent_to_proto(a) for a in agents], next_page_token=token
+        )
+
+    async def UpdateAgentStatus(
+        self, request: registry_pb2.UpdateAgentStatusRequest, context: Context
+    ) -> registry_pb2.UpdateAgentStatusResponse:
+        status = convert.status_from_proto(request.status, "status")
+        assert status is not None
+        result = await self._service.update_status(
+            convert.ref_from_proto(request.agent), status, request.expected_generation
+        )
+        assert result.agent is not None
+        return registry_pb2.UpdateAgentStatusResponse(
+            agent=convert.agent_to_proto(result.agent), consistency_token=result.seq
+        )
+
+    async def DeregisterAgent(
+        self, request: registry_pb2.DeregisterAgentRequest, context: Context
+    ) -> registry_pb2.DeregisterAgentResponse:
+        result = await self._service.deregister(convert.ref_from_proto(request.agent), request.expected_generation)
+        return registry_pb2.DeregisterAgentResponse(consistency_token=result.seq)
+
+
+class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
+    def __init__(self, service: DiscoveryService):
+        self._service = service
+
+    async def Discover(self, request: discovery_pb2.DiscoverRequest, context: Context) -> discovery_pb2.DiscoverResponse:
+        result = await self._service.discover(convert.discover_query_from_proto(request))
+        return convert.discover_result_to_proto(result)
