@@ -113,7 +113,11 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     )
     index = SpaceIndex(
         space.dim,
-        HnswParams(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction, ef_search=settings.hnsw_ef_search),
+        HnswParams(
+            m=settings.hnsw_m,
+            ef_construction=settings.hnsw_ef_construction,
+            ef_search=settings.hnsw_ef_search,
+        ),
         PlannerParams(exact_max_rows=settings.exact_max_rows),
     )
     watermark = await asyncio.to_thread(store.watermark)

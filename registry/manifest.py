@@ -38,15 +38,15 @@ def agents_from_data(data: Any, source: str) -> list[agent_pb2.Agent]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise ManifestError(f"{source}: agents[{i}] is not a mapping")
-        item = dict(item)
-        if "kind" in item:
-            item["kind"] = _enum(item["kind"], "AGENT_KIND_")
-        if "status" in item:
-            item["status"] = _enum(item["status"], "AGENT_STATUS_")
+        fields = dict(item)
+        if "kind" in fields:
+            fields["kind"] = _enum(fields["kind"], "AGENT_KIND_")
+        if "status" in fields:
+            fields["status"] = _enum(fields["status"], "AGENT_STATUS_")
         try:
-            agents.append(json_format.ParseDict(item, agent_pb2.Agent()))
+            agents.append(json_format.ParseDict(fields, agent_pb2.Agent()))
         except json_format.ParseError as exc:
-            raise ManifestError(f"{source}: agents[{i}] ({item.get('name', '?')}): {exc}") from exc
+            raise ManifestError(f"{source}: agents[{i}] ({fields.get('name', '?')}): {exc}") from exc
     return agents
 
 

@@ -14,7 +14,14 @@ import click
 from capreg.v1 import discovery_pb2
 from capreg_client import CapregClient, CapregError
 from capreg_client.requests import kind_value
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from registry.cli import output
 from registry.manifest import ManifestError, load_agents
@@ -26,7 +33,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def client_options(func: F) -> F:
     func = click.option(
-        "--target", default=DEFAULT_TARGET, show_default=True, envvar="CAPREG_TARGET", help="Server address HOST:PORT."
+        "--target",
+        default=DEFAULT_TARGET,
+        show_default=True,
+        envvar="CAPREG_TARGET",
+        help="Server address HOST:PORT.",
     )(func)
     func = click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for an answer.")(func)
     return func
@@ -70,13 +81,25 @@ def cli() -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks one).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".capreg"), show_default=True,
-              help="Directory for the embedded SQLite database and index files.")
-@click.option("--database-url", envvar="CAPREG_DATABASE_URL",
-              help="SQLAlchemy URL of the database, e.g. postgresql://user@host/db (default: SQLite in --data-dir).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".capreg"),
+    show_default=True,
+    help="Directory for the embedded SQLite database and index files.",
+)
+@click.option(
+    "--database-url",
+    envvar="CAPREG_DATABASE_URL",
+    help="SQLAlchemy URL of the database, e.g. postgresql://user@host/db (default: SQLite in --data-dir).",
+)
 @click.option("--demo", is_flag=True, help="Load the demo catalog into an empty registry.")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def serve(host: str, port: int, data_dir: Path, database_url: str | None, demo: bool, log_level: str) -> None:
     """Serve the registry over gRPC until SIGTERM or Ctrl-C."""
     from registry.config import Settings
@@ -153,8 +176,14 @@ def agents() -> None:
 
 
 @agents.command("apply", context_settings=CONTEXT)
-@click.option("-f", "--file", "path", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="A YAML or JSON manifest: {agents: [...]}.")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A YAML or JSON manifest: {agents: [...]}.",
+)
 @client_options
 @json_option
 def agents_apply(path: Path, target: str, timeout: float, as_json: bool) -> None:
@@ -167,8 +196,13 @@ def agents_apply(path: Path, target: str, timeout: float, as_json: bool) -> None
 
     def register_all(client: CapregClient) -> None:
         with Progress(
-            TextColumn("registering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=output.err_console, disable=as_json or len(manifest) < 2,
+            TextColumn("registering"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=output.err_console,
+            disable=as_json or len(manifest) < 2,
         ) as progress:
             task = progress.add_task("agents", total=len(manifest))
             for agent in manifest:
@@ -178,11 +212,19 @@ def agents_apply(path: Path, target: str, timeout: float, as_json: bool) -> None
 
     call(target, timeout, register_all)
     if as_json:
-        output.print_json([
-            {"name": r.agent.name, "tenant": r.agent.tenant, "created": r.created, "changed": r.changed,
-             "generation": r.agent.generation, "consistency_token": r.consistency_token}
-            for r in results
-        ])
+        output.print_json(
+            [
+                {
+                    "name": r.agent.name,
+                    "tenant": r.agent.tenant,
+                    "created": r.created,
+                    "changed": r.changed,
+                    "generation": r.agent.generation,
+                    "consistency_token": r.consistency_token,
+                }
+                for r in results
+            ]
+        )
         return
     for r in results:
         verb = "created" if r.created else ("updated" if r.changed else "unchanged")
@@ -197,12 +239,31 @@ def agents_apply(path: Path, target: str, timeout: float, as_json: bool) -> None
 @click.option("--prefix", default="", help="Names starting with this.")
 @client_options
 @json_option
-def agents_list(tenant: str, kinds: tuple[str, ...], status: str | None, labels: tuple[str, ...], prefix: str,
-                target: str, timeout: float, as_json: bool) -> None:
+def agents_list(
+    tenant: str,
+    kinds: tuple[str, ...],
+    status: str | None,
+    labels: tuple[str, ...],
+    prefix: str,
+    target: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """List agents (every page)."""
-    found = call(target, timeout, lambda c: list(c.iter_agents(
-        tenant=tenant, kinds=kinds, status=status, labels=_pairs(labels, "--label"), name_prefix=prefix, page_size=200,
-    )))
+    found = call(
+        target,
+        timeout,
+        lambda c: list(
+            c.iter_agents(
+                tenant=tenant,
+                kinds=kinds,
+                status=status,
+                labels=_pairs(labels, "--label"),
+                name_prefix=prefix,
+                page_size=200,
+            )
+        ),
+    )
     if as_json:
         output.print_json([output.to_dict(a) for a in found])
     else:
@@ -267,21 +328,52 @@ def agents_delete(name: str, tenant: str, target: str, timeout: float) -> None:
 @click.option("--explain", is_flag=True, help="Also show the plan, exclusions and timings.")
 @client_options
 @json_option
-def discover(text: str, top_k: int, tenant: str, kinds: tuple[str, ...], tags_all: tuple[str, ...],
-             tags_any: tuple[str, ...], regions: tuple[str, ...], input_modes: tuple[str, ...],
-             output_modes: tuple[str, ...], max_cost: float | None, max_latency: float | None,
-             min_quality: float | None, labels: tuple[str, ...], input_tokens: int | None,
-             output_tokens: int | None, explain: bool, target: str, timeout: float, as_json: bool) -> None:
+def discover(
+    text: str,
+    top_k: int,
+    tenant: str,
+    kinds: tuple[str, ...],
+    tags_all: tuple[str, ...],
+    tags_any: tuple[str, ...],
+    regions: tuple[str, ...],
+    input_modes: tuple[str, ...],
+    output_modes: tuple[str, ...],
+    max_cost: float | None,
+    max_latency: float | None,
+    min_quality: float | None,
+    labels: tuple[str, ...],
+    input_tokens: int | None,
+    output_tokens: int | None,
+    explain: bool,
+    target: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Find the agents best suited to TEXT."""
     filters = discovery_pb2.DiscoverFilters(
-        kinds=[kind_value(k) for k in kinds], tags_all=tags_all, tags_any=tags_any, regions=regions,
-        input_modes=input_modes, output_modes=output_modes, labels=_pairs(labels, "--label"),
-        max_cost_usd=max_cost, max_latency_ms=max_latency, min_quality=min_quality,
+        kinds=[kind_value(k) for k in kinds],
+        tags_all=tags_all,
+        tags_any=tags_any,
+        regions=regions,
+        input_modes=input_modes,
+        output_modes=output_modes,
+        labels=_pairs(labels, "--label"),
+        max_cost_usd=max_cost,
+        max_latency_ms=max_latency,
+        min_quality=min_quality,
     )
-    response = call(target, timeout, lambda c: c.discover(
-        text, top_k=top_k, tenant=tenant, filters=filters,
-        estimated_input_tokens=input_tokens, estimated_output_tokens=output_tokens,
-    ))
+    response = call(
+        target,
+        timeout,
+        lambda c: c.discover(
+            text,
+            top_k=top_k,
+            tenant=tenant,
+            filters=filters,
+            estimated_input_tokens=input_tokens,
+            estimated_output_tokens=output_tokens,
+        ),
+    )
     if as_json:
         output.print_json(output.to_dict(response))
         return

@@ -55,6 +55,9 @@ class Capability:
     latency_p50_ms: float = 0.0
     quality_prior: float = DEFAULT_QUALITY_PRIOR
     regions: tuple[str, ...] = ()
+    # Input only: the caller's own embedding, and the space it belongs to ("" = serving space).
+    supplied_vector: tuple[float, ...] | None = None
+    supplied_vector_space: str = ""
     # Set by the store.
     id: str = ""
     created_at: datetime | None = None
@@ -65,8 +68,8 @@ class Capability:
         return (self.name, self.version)
 
     def content(self) -> Capability:
-        """The caller-supplied part, for change detection."""
-        return replace(self, id="", created_at=None, updated_at=None)
+        """The stored, caller-supplied part, for change detection (vectors are compared by hash)."""
+        return replace(self, id="", created_at=None, updated_at=None, supplied_vector=None, supplied_vector_space="")
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,8 @@ def check_name(value: str, field: str) -> None:
         raise InvalidArgument(field, "must not be empty")
     if not NAME_RE.match(value):
         raise InvalidArgument(
-            field, "must be 1-128 characters of letters, digits and . _ : / @ -, starting with a letter or digit"
+            field,
+            "must be 1-128 characters of letters, digits and . _ : / @ -, starting with a letter or digit",
         )
 
 
@@ -81,7 +82,8 @@ def check_tokens(values: Sequence[str], field: str, max_len: int = 64, max_items
     for i, value in enumerate(values):
         if not (0 < len(value) <= max_len and PRINTABLE_RE.match(value)) or value != value.strip():
             raise InvalidArgument(
-                f"{field}[{i}]", f"must be 1-{max_len} printable characters without leading or trailing spaces"
+                f"{field}[{i}]",
+                f"must be 1-{max_len} printable characters without leading or trailing spaces",
             )
 
 
@@ -138,7 +140,8 @@ def validate_agent(agent: Agent, field: str = "agent") -> None:
         check_capability(cap, f"{field}.capabilities[{i}]")
         if cap.key in seen:
             raise InvalidArgument(
-                f"{field}.capabilities[{i}]", f"{cap.name} {cap.version} appears twice; (name, version) is unique"
+                f"{field}.capabilities[{i}]",
+                f"{cap.name} {cap.version} appears twice; (name, version) is unique",
             )
         seen.add(cap.key)
 
@@ -168,7 +171,11 @@ def validate_list_query(query: ListAgentsQuery) -> None:
 
 
 def validate_filters(filters: DiscoverFilters, field: str = "filters") -> None:
-    for name, values in (("tags_all", filters.tags_all), ("tags_any", filters.tags_any), ("regions", filters.regions)):
+    for name, values in (
+        ("tags_all", filters.tags_all),
+        ("tags_any", filters.tags_any),
+        ("regions", filters.regions),
+    ):
         check_tokens(values, f"{field}.{name}")
     check_tokens(filters.input_modes, f"{field}.input_modes", MAX_MODE_LEN)
     check_tokens(filters.output_modes, f"{field}.output_modes", MAX_MODE_LEN)

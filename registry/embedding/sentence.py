@@ -50,7 +50,9 @@ class SentenceTransformerEmbedder:
     ):
         weights = model_path / "model.safetensors"
         if not weights.is_file():
-            raise WeightsMismatch(f"no model.safetensors in {model_path}; point --model-path at a sentence-transformers model")
+            raise WeightsMismatch(
+                f"no model.safetensors in {model_path}; point --model-path at a sentence-transformers model"
+            )
         actual = file_sha256(weights)
         if expected_sha256 is not None and actual != expected_sha256:
             raise WeightsMismatch(

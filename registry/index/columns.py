@@ -40,7 +40,16 @@ class AttributeColumns:
         if capacity <= self.capacity:
             return
         for name in (
-            "live", "kind", "status", "cost_call", "cost_in", "cost_out", "latency", "quality", "anywhere", "tenant"
+            "live",
+            "kind",
+            "status",
+            "cost_call",
+            "cost_in",
+            "cost_out",
+            "latency",
+            "quality",
+            "anywhere",
+            "tenant",
         ):
             old = getattr(self, name)
             new = np.zeros(capacity, dtype=old.dtype)
@@ -138,7 +147,9 @@ def constraint_mask(
     return mask, exclusions
 
 
-def estimated_cost(columns: AttributeColumns, size: int, input_tokens: int, output_tokens: int) -> npt.NDArray[np.float64]:
+def estimated_cost(
+    columns: AttributeColumns, size: int, input_tokens: int, output_tokens: int
+) -> npt.NDArray[np.float64]:
     return (
         columns.cost_call[:size]
         + columns.cost_in[:size] * (input_tokens / 1000.0)

@@ -10,7 +10,9 @@ Labels = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float32]
 
 
-def top_k(vectors: npt.NDArray[np.float32], rows: Labels, query: npt.NDArray[np.float32], k: int) -> tuple[Labels, Scores]:
+def top_k(
+    vectors: npt.NDArray[np.float32], rows: Labels, query: npt.NDArray[np.float32], k: int
+) -> tuple[Labels, Scores]:
     """The k rows of `rows` with the highest inner product with `query`, best first; ties by row number."""
     if k <= 0 or rows.size == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)

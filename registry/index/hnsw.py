@@ -25,9 +25,7 @@ class HnswGraph:
         self.dim = dim
         self.params = params
         self._index = hnswlib.Index(space="ip", dim=dim)
-        self._index.init_index(
-            max_elements=params.initial_capacity, ef_construction=params.ef_construction, M=params.m
-        )
+        self._index.init_index(max_elements=params.initial_capacity, ef_construction=params.ef_construction, M=params.m)
         self._index.set_num_threads(1)
         self._ef = params.ef_search
         self._index.set_ef(self._ef)
@@ -50,7 +48,9 @@ class HnswGraph:
             self._index.mark_deleted(label)
             self._deleted.add(label)
 
-    def query(self, vector: npt.NDArray[np.float32], k: int, ef: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def query(
+        self, vector: npt.NDArray[np.float32], k: int, ef: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """k nearest labels by inner product, best first. Raises RuntimeError if fewer than k are reachable."""
         if ef != self._ef:
             self._index.set_ef(ef)

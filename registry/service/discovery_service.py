@@ -36,7 +36,9 @@ class DiscoveryService:
         space = serving.space
         timings: dict[str, float] = {}
         if query.vector_space and query.vector_space != space.name:
-            raise NotFound(f"vector space {query.vector_space!r} is not served here; the serving space is {space.name!r}")
+            raise NotFound(
+                f"vector space {query.vector_space!r} is not served here; the serving space is {space.name!r}"
+            )
         if query.vector is not None:
             vector = np.asarray(query.vector, dtype=np.float32)
             v.validate_vector(vector, space.dim, "vector.values")
@@ -47,7 +49,9 @@ class DiscoveryService:
             timings["embed"] = _ms(t0)
         return self._search(query, vector, timings, started)
 
-    def _search(self, query: DiscoverQuery, vector: np.ndarray, timings: dict[str, float], started: float) -> DiscoverResult:
+    def _search(
+        self, query: DiscoverQuery, vector: np.ndarray, timings: dict[str, float], started: float
+    ) -> DiscoverResult:
         index = self._serving.index
         t0 = time.perf_counter()
         mask, exclusions = constraint_mask(
@@ -110,4 +114,3 @@ class DiscoveryService:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
-

@@ -226,7 +226,11 @@ class RegistryStore:
                     cap_id = str(uuid.uuid4())
                     conn.execute(
                         insert(t.capabilities).values(
-                            id=cap_id, agent_id=agent_id, created_at=now, updated_at=now, **capability_values(cap)
+                            id=cap_id,
+                            agent_id=agent_id,
+                            created_at=now,
+                            updated_at=now,
+                            **capability_values(cap),
                         )
                     )
                     caps_changed = True
@@ -240,7 +244,9 @@ class RegistryStore:
                         )
                         caps_changed = True
                 if stored_hashes.get(cap_id) != text_hash:
-                    self._put_vector(conn, cap_id, space_id, text_hash, vectors[text_hash], now, cap_id in stored_hashes)
+                    self._put_vector(
+                        conn, cap_id, space_id, text_hash, vectors[text_hash], now, cap_id in stored_hashes
+                    )
                     new_vectors[cap_id] = vector_from_bytes(vectors[text_hash])
                     caps_changed = True
             if removed:
@@ -266,7 +272,10 @@ class RegistryStore:
             stored = self._load_agent(conn, agent_id)
         upserts = tuple(_entry(stored, cap, new_vectors.get(cap.id)) for cap in stored.capabilities)
         return WriteResult(
-            agent=stored, seq=seq, change=CatalogChange(seq=seq, upserts=upserts, removed=tuple(removed)), created=created
+            agent=stored,
+            seq=seq,
+            change=CatalogChange(seq=seq, upserts=upserts, removed=tuple(removed)),
+            created=created,
         )
 
     def update_status(self, ref: AgentRef, status: AgentStatus, expected_generation: int) -> WriteResult:
@@ -292,7 +301,9 @@ class RegistryStore:
         with self._begin() as conn:
             row = self._find_agent_row(conn, ref, for_update=True)
             _check_generation(row["generation"], expected_generation, agent_from_row(row, ()))
-            cap_ids = list(conn.execute(select(t.capabilities.c.id).where(t.capabilities.c.agent_id == row["id"])).scalars())
+            cap_ids = list(
+                conn.execute(select(t.capabilities.c.id).where(t.capabilities.c.agent_id == row["id"])).scalars()
+            )
             conn.execute(delete(t.agents).where(t.agents.c.id == row["id"]))
             seq = self._log(conn, row["tenant_id"], row["id"], "delete", now)
         return WriteResult(agent=None, seq=seq, change=CatalogChange(seq=seq, removed=tuple(cap_ids)))
@@ -303,7 +314,7 @@ class RegistryStore:
         with self._connect() as conn:
             return self._load_agent(conn, self._find_agent_row(conn, ref)["id"])
 
-    def list(self, query: ListAgentsQuery) -> tuple[list[Agent], str]:
+    def list_agents(self, query: ListAgentsQuery) -> tuple[list[Agent], str]:
         """One page of agents ordered by name, and the token of the next page ('' on the last)."""
         fingerprint = _fingerprint(query)
         after = _decode_token(query.page_token, fingerprint) if query.page_token else None
@@ -350,13 +361,22 @@ class RegistryStore:
 
     @staticmethod
     def _put_vector(
-        conn: Connection, cap_id: str, space_id: int, text_hash: str, vector: bytes, now: datetime, exists: bool
+        conn: Connection,
+        cap_id: str,
+        space_id: int,
+        text_hash: str,
+        vector: bytes,
+        now: datetime,
+        exists: bool,
     ) -> None:
         values = {"text_sha256": text_hash, "vector": vector, "created_at": now}
         if exists:
             conn.execute(
                 update(t.capability_vectors)
-                .where(t.capability_vectors.c.capability_id == cap_id, t.capability_vectors.c.space_id == space_id)
+                .where(
+                    t.capability_vectors.c.capability_id == cap_id,
+                    t.capability_vectors.c.space_id == space_id,
+                )
                 .values(**values)
             )
         else:
@@ -422,7 +442,13 @@ def _check_generation(stored: int, expected: int, agent: Agent) -> None:
 def _fingerprint(query: ListAgentsQuery) -> str:
     """Ties a page token to the filters it was issued for."""
     key = json.dumps(
-        [query.tenant, sorted(k.value for k in query.kinds), query.status, sorted(query.labels.items()), query.name_prefix]
+        [
+            query.tenant,
+            sorted(k.value for k in query.kinds),
+            query.status,
+            sorted(query.labels.items()),
+            query.name_prefix,
+        ]
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +32,7 @@ def capability_values(cap: Capability) -> dict[str, Any]:
     }
 
 
-def capability_from_row(row: Mapping[str, Any]) -> Capability:
+def capability_from_row(row: Any) -> Capability:
     return Capability(
         id=row["id"],
         name=row["name"],
@@ -52,7 +51,7 @@ def capability_from_row(row: Mapping[str, Any]) -> Capability:
     )
 
 
-def agent_from_row(row: Mapping[str, Any], capabilities: tuple[Capability, ...]) -> Agent:
+def agent_from_row(row: Any, capabilities: tuple[Capability, ...]) -> Agent:
     return Agent(
         id=row["id"],
         tenant=row["tenant_id"],
@@ -69,7 +68,7 @@ def agent_from_row(row: Mapping[str, Any], capabilities: tuple[Capability, ...])
     )
 
 
-def space_from_row(row: Mapping[str, Any]) -> VectorSpace:
+def space_from_row(row: Any) -> VectorSpace:
     return VectorSpace(
         id=row["id"],
         name=row["name"],

@@ -81,6 +81,8 @@ def capability_from_proto(msg: agent_pb2.Capability) -> Capability:
         latency_p50_ms=msg.latency_p50_ms,
         quality_prior=msg.quality_prior if msg.HasField("quality_prior") else DEFAULT_QUALITY_PRIOR,
         regions=tuple(msg.regions),
+        supplied_vector=tuple(msg.vector.values) if msg.HasField("vector") else None,
+        supplied_vector_space=msg.vector.space,
     )
 
 

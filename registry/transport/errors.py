@@ -50,9 +50,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -61,7 +61,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                return await inner(request, context)
+                return await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio
             except grpc.aio.AbortError:
                 raise
             except DomainError as error:
@@ -70,7 +70,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except Exception:
                 incident = uuid.uuid4().hex[:12]
                 log.exception("internal error in %s (incident %s)", method, incident)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the server log")
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the server log"
+                )
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

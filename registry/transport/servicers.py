@@ -66,6 +66,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     def __init__(self, service: DiscoveryService):
         self._service = service
 
-    async def Discover(self, request: discovery_pb2.DiscoverRequest, context: Context) -> discovery_pb2.DiscoverResponse:
+    async def Discover(
+        self, request: discovery_pb2.DiscoverRequest, context: Context
+    ) -> discovery_pb2.DiscoverResponse:
         result = await self._service.discover(convert.discover_query_from_proto(request))
         return convert.discover_result_to_proto(result)

@@ -1,9 +1,9 @@
 """Typed clients for the capreg capability registry.
 
-    from capreg_client import CapregClient
-    with CapregClient("127.0.0.1:50051") as client:
-        for match in client.discover("translate this contract into German").matches:
-            print(match.agent_name, match.score)
+from capreg_client import CapregClient
+with CapregClient("127.0.0.1:50051") as client:
+    for match in client.discover("translate this contract into German").matches:
+        print(match.agent_name, match.score)
 """
 
 from capreg.v1.agent_pb2 import Agent, AgentRef, Capability, Cost

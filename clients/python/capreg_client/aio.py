@@ -18,7 +18,13 @@ T = TypeVar("T")
 class AsyncCapregClient:
     """A non-blocking client over one grpc.aio channel; use `async with`."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float = 10.0, channel: grpc.aio.Channel | None = None):
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 10.0,
+        channel: grpc.aio.Channel | None = None,
+    ):
         self.target = target
         self.timeout = timeout
         self._channel = channel or grpc.aio.insecure_channel(target)
@@ -84,7 +90,13 @@ class AsyncCapregClient:
         return await self._call(self._registry.UpdateAgentStatus, request, timeout)
 
     async def deregister_agent(
-        self, name: str = "", *, tenant: str = "", id: str = "", expected_generation: int = 0, timeout: float | None = None
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
     ) -> registry_pb2.DeregisterAgentResponse:
         request = registry_pb2.DeregisterAgentRequest(
             agent=requests.agent_ref(id, tenant, name), expected_generation=expected_generation

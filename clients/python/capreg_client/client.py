@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -47,7 +47,9 @@ class CapregClient:
         request = registry_pb2.RegisterAgentRequest(agent=agent, expected_generation=expected_generation)
         return self._call(self._registry.RegisterAgent, request, timeout)
 
-    def get_agent(self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None) -> agent_pb2.Agent:
+    def get_agent(
+        self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None
+    ) -> agent_pb2.Agent:
         request = registry_pb2.GetAgentRequest(agent=requests.agent_ref(id, tenant, name))
         return self._call(self._registry.GetAgent, request, timeout).agent
 
@@ -83,7 +85,13 @@ class CapregClient:
         return self._call(self._registry.UpdateAgentStatus, request, timeout)
 
     def deregister_agent(
-        self, name: str = "", *, tenant: str = "", id: str = "", expected_generation: int = 0, timeout: float | None = None
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
     ) -> registry_pb2.DeregisterAgentResponse:
         request = registry_pb2.DeregisterAgentRequest(
             agent=requests.agent_ref(id, tenant, name), expected_generation=expected_generation
@@ -115,7 +123,9 @@ class CapregClient:
         )
         return self._call(self._discovery.Discover, request, timeout)
 
-    def discover_request(self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None) -> discovery_pb2.DiscoverResponse:
+    def discover_request(
+        self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None
+    ) -> discovery_pb2.DiscoverResponse:
         """Send a DiscoverRequest built by hand."""
         return self._call(self._discovery.Discover, request, timeout)
 

@@ -10,7 +10,13 @@ from grpc_status import rpc_status
 class CapregError(Exception):
     """A failed call. `field` names the request field at fault for INVALID_ARGUMENT."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, field: str | None = None, retry_after_s: float | None = None):
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        field: str | None = None,
+        retry_after_s: float | None = None,
+    ):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
@@ -44,12 +50,12 @@ _BY_CODE: dict[grpc.StatusCode, type[CapregError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> CapregError:
     """Translate a grpc error (sync or aio) into the matching CapregError."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
     field: str | None = None
     retry_after: float | None = None
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except ValueError:
         status = None
     if status is not None:

@@ -6,7 +6,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
 
-KIND_NAMES = {"model": agent_pb2.AGENT_KIND_MODEL, "agent": agent_pb2.AGENT_KIND_AGENT, "tool": agent_pb2.AGENT_KIND_TOOL}
+KIND_NAMES = {
+    "model": agent_pb2.AGENT_KIND_MODEL,
+    "agent": agent_pb2.AGENT_KIND_AGENT,
+    "tool": agent_pb2.AGENT_KIND_TOOL,
+}
 STATUS_NAMES = {
     "active": agent_pb2.AGENT_STATUS_ACTIVE,
     "draining": agent_pb2.AGENT_STATUS_DRAINING,

@@ -104,6 +104,31 @@ class Cost(_message.Message):
 Global___Cost: _TypeAlias = Cost  # noqa: Y015
 
 @_typing.final
+class Vector(_message.Message):
+    """A vector in a named vector space (the serving space when `space` is empty)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    SPACE_FIELD_NUMBER: _builtins.int
+    space: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        space: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["space", b"space", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Vector: _TypeAlias = Vector  # noqa: Y015
+
+@_typing.final
 class Capability(_message.Message):
     """One thing an agent can do. (name, version) is unique within an agent;
     several versions of one name may be live at once.
@@ -125,6 +150,7 @@ class Capability(_message.Message):
     REGIONS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """output only"""
     name: _builtins.str
@@ -160,6 +186,12 @@ class Capability(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """output only"""
 
+    @_builtins.property
+    def vector(self) -> Global___Vector:
+        """Input only: bring your own embedding instead of having the server embed
+        the description and examples. Checked against the space's dimension.
+        """
+
     def __init__(
         self,
         *,
@@ -177,10 +209,11 @@ class Capability(_message.Message):
         regions: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        vector: Global___Vector | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_quality_prior", b"_quality_prior", "cost", b"cost", "create_time", b"create_time", "quality_prior", b"quality_prior", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_quality_prior", b"_quality_prior", "cost", b"cost", "create_time", b"create_time", "quality_prior", b"quality_prior", "update_time", b"update_time", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quality_prior", b"_quality_prior", "cost", b"cost", "create_time", b"create_time", "description", b"description", "examples", b"examples", "id", b"id", "input_modes", b"input_modes", "latency_p50_ms", b"latency_p50_ms", "name", b"name", "output_modes", b"output_modes", "quality_prior", b"quality_prior", "regions", b"regions", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quality_prior", b"_quality_prior", "cost", b"cost", "create_time", b"create_time", "description", b"description", "examples", b"examples", "id", b"id", "input_modes", b"input_modes", "latency_p50_ms", b"latency_p50_ms", "name", b"name", "output_modes", b"output_modes", "quality_prior", b"quality_prior", "regions", b"regions", "tags", b"tags", "update_time", b"update_time", "vector", b"vector", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quality_prior: _TypeAlias = _typing.Literal["quality_prior"]  # noqa: Y015
     _WhichOneofArgType__quality_prior: _TypeAlias = _typing.Literal["_quality_prior", b"_quality_prior"]  # noqa: Y015

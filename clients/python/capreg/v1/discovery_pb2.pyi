@@ -20,32 +20,6 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class QueryVector(_message.Message):
-    """A query vector in a named vector space."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VALUES_FIELD_NUMBER: _builtins.int
-    SPACE_FIELD_NUMBER: _builtins.int
-    space: _builtins.str
-    """the serving space when empty"""
-    @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
-    def __init__(
-        self,
-        *,
-        values: _abc.Iterable[_builtins.float] | None = ...,
-        space: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["space", b"space", "values", b"values"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___QueryVector: _TypeAlias = QueryVector  # noqa: Y015
-
-@_typing.final
 class DiscoverFilters(_message.Message):
     """Constraints every match must satisfy. Unset fields constrain nothing."""
 
@@ -172,7 +146,9 @@ class DiscoverRequest(_message.Message):
     """Token counts used to estimate each candidate's cost (1000 each when unset)."""
     estimated_output_tokens: _builtins.int
     @_builtins.property
-    def vector(self) -> Global___QueryVector: ...
+    def vector(self) -> _agent_pb2.Vector:
+        """its space: the serving space when empty"""
+
     @_builtins.property
     def filters(self) -> Global___DiscoverFilters: ...
     def __init__(
@@ -180,7 +156,7 @@ class DiscoverRequest(_message.Message):
         *,
         tenant: _builtins.str = ...,
         text: _builtins.str = ...,
-        vector: Global___QueryVector | None = ...,
+        vector: _agent_pb2.Vector | None = ...,
         top_k: _builtins.int = ...,
         filters: Global___DiscoverFilters | None = ...,
         vector_space: _builtins.str = ...,
