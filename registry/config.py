@@ -31,7 +31,7 @@ class Settings(BaseSettings):
 
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=16)
-    hnsw_ef_search: int = Field(64, ge=8)
+    hnsw_ef_search: int = Field(128, ge=8)
     exact_max_rows: int = Field(4096, ge=0)
 
     shutdown_grace_s: float = Field(5.0, ge=0)

@@ -48,7 +48,7 @@ def json_option(func: F) -> F:
 
 
 def fail(message: str) -> None:
-    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    output.err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     sys.exit(1)
 
 

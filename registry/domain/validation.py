@@ -20,17 +20,20 @@ from registry.domain.models import (
     ListAgentsQuery,
 )
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
-TENANT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
-PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]+$")
-# semver.org's reference expression.
+# \Z, not $: `$` also matches before a trailing newline, which would let "name\n" through.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}\Z")
+TENANT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?\Z")
+PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]+\Z")
+# semver.org's reference expression; ASCII so that \d is 0-9 only.
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?\Z",
+    re.ASCII,
 )
 
+MAX_VERSION = 128  # the width of capabilities.version
 MAX_DESCRIPTION = 4000
 MAX_EXAMPLES = 20
 MAX_EXAMPLE_LEN = 500
@@ -105,7 +108,7 @@ def check_labels(labels: Mapping[str, str], field: str) -> None:
 
 def check_capability(cap: Capability, field: str) -> None:
     check_name(cap.name, f"{field}.name")
-    if not SEMVER_RE.match(cap.version):
+    if len(cap.version) > MAX_VERSION or not SEMVER_RE.match(cap.version):
         raise InvalidArgument(f"{field}.version", f"{cap.version!r} is not a semantic version such as 1.2.0")
     check_text(cap.description, f"{field}.description", MAX_DESCRIPTION, required=True)
     if len(cap.examples) > MAX_EXAMPLES:
@@ -198,6 +201,10 @@ def validate_vector(vector: npt.NDArray[np.float32], dim: int, field: str) -> No
         raise InvalidArgument(field, f"value {int(np.argmin(finite))} is not finite")
     if not np.any(vector):
         raise InvalidArgument(field, "must not be the zero vector")
+    with np.errstate(over="ignore", under="ignore"):
+        norm = float(np.linalg.norm(vector))  # in float32, as the index normalizes it
+    if not 0.0 < norm < math.inf:
+        raise InvalidArgument(field, "its length overflows or underflows float32; scale it towards unit length")
 
 
 def validate_discover(query: DiscoverQuery) -> None:

@@ -13,7 +13,7 @@ import numpy.typing as npt
 class HnswParams:
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 64
+    ef_search: int = 128
     initial_capacity: int = 1024
 
 

@@ -48,8 +48,9 @@ def migrate_to(engine: Engine, revision: str) -> str:
     if revision == "base":
         downgrade(engine, "base")
         return "downgrade"
-    if script.get_revision(revision) is None:
-        raise ValueError(f"unknown revision {revision!r}; known: {[r.revision for r in script.walk_revisions()]}")
+    known = [r.revision for r in script.walk_revisions()]
+    if revision not in known:
+        raise ValueError(f"unknown revision {revision!r}; known: head, base, {', '.join(known)}")
     ancestors = {r.revision for r in script.iterate_revisions(current, "base")} if current else set()
     if revision in ancestors:
         downgrade(engine, revision)

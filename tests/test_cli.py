@@ -1,0 +1,121 @@
+"""The capreg command line against a real server, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from registry.cli.main import cli
+from tests.support import ServerThread
+
+AGENTS_YAML = """
+agents:
+  - name: haiku-poet
+    kind: agent
+    endpoint: https://poet.example.com
+    labels: {team: verse}
+    capabilities:
+      - name: write-haiku
+        version: 1.0.0
+        description: Writes haiku poems about any subject in the 5-7-5 form.
+        examples: [Write a haiku about autumn rain]
+        tags: [poetry, creative-writing]
+        cost: {per_call_usd: 0.002}
+        latency_p50_ms: 300
+        regions: [eu-west-1]
+"""
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_discover_prints_a_table_with_the_translation_agent_first(demo_server: ServerThread) -> None:
+    # A real process, exactly as a user types it.
+    result = subprocess.run(
+        [sys.executable, "-m", "registry.cli.main", "discover", "translate this German supply contract into English",
+         "--target", demo_server.target],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert "polyglot-legal-translator" in rows[0] and "translate" in rows[0]
+    header = result.stdout
+    for column in ("similarity", "score", "cost", "regions"):
+        assert column in header
+
+
+def test_discover_json_and_explain(demo_server: ServerThread) -> None:
+    code, out = run("discover", "transcribe this podcast episode", "--json", "-k", "3", "--target", demo_server.target)
+    assert code == 0
+    answer = json.loads(out)
+    assert len(answer["matches"]) == 3
+    assert "transcri" in answer["matches"][0]["capability"]["name"]
+    assert answer["explanation"]["plan"] == "exact"
+    code, out = run(
+        "discover", "caption this photo", "--explain", "--region", "eu-west-1", "--target", demo_server.target
+    )
+    assert code == 0 and "excluded by filter.regions" in out and "plan" in out
+
+
+def test_apply_list_get_status_delete(demo_server: ServerThread, tmp_path: Path) -> None:
+    manifest = tmp_path / "agents.yaml"
+    manifest.write_text(AGENTS_YAML)
+    target = ("--target", demo_server.target)
+    code, out = run("agents", "apply", "-f", str(manifest), *target)
+    assert code == 0 and "default/haiku-poet: created (generation 1)" in out
+    code, out = run("agents", "apply", "-f", str(manifest), "--json", *target)
+    assert json.loads(out) == [
+        {"name": "haiku-poet", "tenant": "default", "created": False, "changed": False, "generation": 1,
+         "consistency_token": 0}
+    ]  # fmt: skip
+    code, out = run("discover", "write a short poem about the sea", "--json", "-k", "1", *target)
+    assert json.loads(out)["matches"][0]["agent_name"] == "haiku-poet"
+
+    code, out = run("agents", "list", "--label", "team=verse", "--json", *target)
+    assert [a["name"] for a in json.loads(out)] == ["haiku-poet"]
+    code, out = run("agents", "get", "haiku-poet", *target)
+    assert code == 0 and "write-haiku 1.0.0" in out
+    code, out = run("agents", "status", "haiku-poet", "draining", *target)
+    assert code == 0 and "draining" in out
+    code, out = run("discover", "write a short poem about the sea", "--json", *target)
+    assert "haiku-poet" not in [m["agent_name"] for m in json.loads(out)["matches"]]
+    code, out = run("agents", "delete", "haiku-poet", *target)
+    assert code == 0
+    code, out = run("agents", "get", "haiku-poet", *target)
+    assert code == 1 and "NOT_FOUND" in out and "capreg agents list" in out
+
+
+def test_errors_say_what_to_do(demo_server: ServerThread, tmp_path: Path) -> None:
+    code, out = run("discover", "anything", "--target", "127.0.0.1:1", "--timeout", "2")
+    assert code == 1 and "UNAVAILABLE" in out and "capreg serve" in out
+    code, out = run("discover", "anything", "--max-cost", "nan", "--target", demo_server.target)
+    assert code == 1 and "INVALID_ARGUMENT" in out and "filters.max_cost_usd" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agents:\n  - name: x\n    kind: robot\n")
+    code, out = run("agents", "apply", "-f", str(bad), "--target", demo_server.target)
+    assert code == 1 and "agents[0]" in out
+
+
+def test_migrate_up_and_down(tmp_path: Path) -> None:
+    code, out = run("migrate", "--data-dir", str(tmp_path))
+    assert code == 0 and "upgrade: empty -> 0001" in out
+    code, out = run("migrate", "--to", "base", "--data-dir", str(tmp_path))
+    assert code == 0 and "downgrade: 0001 -> empty" in out
+    code, out = run("migrate", "--to", "bogus", "--data-dir", str(tmp_path))
+    assert code == 1 and "unknown revision" in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["serve"], ["migrate"], ["agents"], ["agents", "apply"], ["agents", "list"], ["agents", "get"],
+     ["agents", "status"], ["agents", "delete"], ["discover"]],
+)  # fmt: skip
+def test_every_command_has_help(command: list[str]) -> None:
+    code, out = run(*command, "--help")
+    assert code == 0 and "Usage: " in out

@@ -1,0 +1,41 @@
+"""The committed protobuf stubs are exactly what proto/ generates, and field numbers stay put."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from capreg.v1 import agent_pb2, discovery_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_stubs_match_the_proto_files() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wire_field_numbers_are_stable() -> None:
+    """Renumbering a field breaks every deployed client; this pins the numbers of v1."""
+    capability = {f.name: f.number for f in agent_pb2.Capability.DESCRIPTOR.fields}
+    assert capability == {
+        "id": 1, "name": 2, "version": 3, "description": 4, "examples": 5, "tags": 6, "input_modes": 7,
+        "output_modes": 8, "cost": 9, "latency_p50_ms": 10, "quality_prior": 11, "regions": 12,
+        "create_time": 13, "update_time": 14, "vector": 15,
+    }  # fmt: skip
+    agent = {f.name: f.number for f in agent_pb2.Agent.DESCRIPTOR.fields}
+    assert agent == {
+        "id": 1, "tenant": 2, "name": 3, "kind": 4, "endpoint": 5, "labels": 6, "status": 7, "description": 8,
+        "capabilities": 9, "generation": 10, "create_time": 11, "update_time": 12,
+    }  # fmt: skip
+    request = {f.name: f.number for f in discovery_pb2.DiscoverRequest.DESCRIPTOR.fields}
+    assert request == {
+        "tenant": 1, "text": 2, "vector": 3, "top_k": 4, "filters": 5, "vector_space": 6,
+        "estimated_input_tokens": 7, "estimated_output_tokens": 8,
+    }  # fmt: skip
