@@ -15,7 +15,7 @@ from rich.table import Table
 
 # Piped output keeps whole rows on one line; a terminal gets its own width.
 console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def to_dict(message: Message) -> dict[str, Any]:
