@@ -26,7 +26,7 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"not the model")
     with pytest.raises(WeightsMismatch, match="expected 53aa5117"):
         SentenceTransformerEmbedder(tmp_path)
-    with pytest.raises(WeightsMismatch, match="no model.safetensors"):
+    with pytest.raises(WeightsMismatch, match=r"no model\.safetensors"):
         SentenceTransformerEmbedder(tmp_path / "missing")
 
 
