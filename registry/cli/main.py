@@ -79,13 +79,21 @@ def cli() -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks one).")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="CAPREG_HOST", help="Address to listen on.")
+@click.option(
+    "--port",
+    default=50051,
+    show_default=True,
+    envvar="CAPREG_PORT",
+    type=click.IntRange(0, 65535),
+    help="Port (0 picks a free one).",
+)
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
     default=Path(".capreg"),
     show_default=True,
+    envvar="CAPREG_DATA_DIR",
     help="Directory for the embedded SQLite database and index files.",
 )
 @click.option(
@@ -149,7 +157,9 @@ def _redact(url: str) -> str:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--to", "revision", default="head", show_default=True, help="Target revision: head, base or an id.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".capreg"), show_default=True)
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path(".capreg"), show_default=True, envvar="CAPREG_DATA_DIR"
+)
 @click.option("--database-url", envvar="CAPREG_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in --data-dir).")
 def migrate(revision: str, data_dir: Path, database_url: str | None) -> None:
     """Upgrade the database schema (or downgrade with --to REV)."""
