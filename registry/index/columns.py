@@ -33,6 +33,8 @@ class AttributeColumns:
         self.tenant = np.zeros(0, dtype=np.int32)
         self.tenant_codes: dict[str, int] = {}
         self.postings: dict[str, defaultdict[str, set[int]]] = {f: defaultdict(set) for f in POSTING_FIELDS}
+        # Sorted row arrays of postings, built on first use after a change: writes are rare, reads hot.
+        self._posting_arrays: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
         self._row_keys: dict[int, list[tuple[str, str]]] = {}
         self.grow(capacity)
 
@@ -76,27 +78,37 @@ class AttributeColumns:
         keys += [("label", f"{k}={v}") for k, v in entry.labels.items()]
         for field, value in keys:
             self.postings[field][value].add(row)
+            self._posting_arrays.pop((field, value), None)
         self._row_keys[row] = keys
 
     def clear_row(self, row: int) -> None:
         self.live[row] = False
         for field, value in self._row_keys.pop(row, []):
+            self._posting_arrays.pop((field, value), None)
             rows = self.postings[field][value]
             rows.discard(row)
             if not rows:
                 del self.postings[field][value]
 
+    def posting(self, field: str, value: str) -> npt.NDArray[np.int64]:
+        """The rows carrying `value` in `field`, as a cached array."""
+        key = (field, value)
+        rows = self._posting_arrays.get(key)
+        if rows is None:
+            found = self.postings[field].get(value, ())
+            rows = np.fromiter(sorted(found), dtype=np.int64, count=len(found))
+            self._posting_arrays[key] = rows
+        return rows
+
     def rows_with(self, field: str, value: str, size: int) -> Mask:
         mask = np.zeros(size, dtype=np.bool_)
-        rows = self.postings[field].get(value)
-        if rows:
-            mask[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
+        mask[self.posting(field, value)] = True
         return mask
 
     def any_of(self, field: str, values: Iterable[str], size: int) -> Mask:
         mask = np.zeros(size, dtype=np.bool_)
         for value in values:
-            mask |= self.rows_with(field, value, size)
+            mask[self.posting(field, value)] = True
         return mask
 
 

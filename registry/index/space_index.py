@@ -96,7 +96,9 @@ class SpaceIndex:
             rows, sims = exact.top_k(self.vectors, np.flatnonzero(mask), query, k)
             return SearchResult(rows, sims, "exact")
         selectivity = allowed / max(self.live_count, 1)
-        fetch = min(self.live_count, math.ceil(k / selectivity * self.planner.oversample) + k)
+        fetch = (
+            k if selectivity >= 1.0 else min(self.live_count, math.ceil(k / selectivity * self.planner.oversample) + k)
+        )
         for round_ in range(self.planner.max_rounds):
             ef = max(self.hnsw_params.ef_search, fetch)
             try:
