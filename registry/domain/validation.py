@@ -24,7 +24,7 @@ from registry.domain.models import (
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}\Z")
 TENANT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?\Z")
-PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]+\Z")
+PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+\Z")  # no C0 or C1 control characters
 # semver.org's reference expression; ASCII so that \d is 0-9 only.
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -49,6 +49,11 @@ MAX_QUERY_TEXT = 4096
 MAX_TOP_K = 100
 MAX_PAGE_SIZE = 500
 MAX_TOKENS = 10_000_000
+
+
+def _shown(value: str, limit: int = 64) -> str:
+    """`value` quoted for an error, cut short: gRPC refuses trailers over 16 KiB, so echo no unbounded input."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def tenant_or_default(tenant: str, field: str) -> str:
@@ -102,14 +107,14 @@ def check_labels(labels: Mapping[str, str], field: str) -> None:
         raise InvalidArgument(field, f"has {len(labels)} labels; the limit is {MAX_LABELS}")
     for key, value in labels.items():
         if not LABEL_KEY_RE.match(key):
-            raise InvalidArgument(f"{field}[{key!r}]", "a label key is 1-63 letters, digits or . _ / -")
+            raise InvalidArgument(f"{field}[{_shown(key)}]", "a label key is 1-63 letters, digits or . _ / -")
         check_text(value, f"{field}[{key!r}]", MAX_LABEL_VALUE)
 
 
 def check_capability(cap: Capability, field: str) -> None:
     check_name(cap.name, f"{field}.name")
     if len(cap.version) > MAX_VERSION or not SEMVER_RE.match(cap.version):
-        raise InvalidArgument(f"{field}.version", f"{cap.version!r} is not a semantic version such as 1.2.0")
+        raise InvalidArgument(f"{field}.version", f"{_shown(cap.version)} is not a semantic version such as 1.2.0")
     check_text(cap.description, f"{field}.description", MAX_DESCRIPTION, required=True)
     if len(cap.examples) > MAX_EXAMPLES:
         raise InvalidArgument(f"{field}.examples", f"has {len(cap.examples)} items; the limit is {MAX_EXAMPLES}")
@@ -124,6 +129,8 @@ def check_capability(cap: Capability, field: str) -> None:
     check_number(cap.cost.per_1k_output_tokens_usd, f"{field}.cost.per_1k_output_tokens_usd", 0.0, MAX_PRICE_USD)
     check_number(cap.latency_p50_ms, f"{field}.latency_p50_ms", 0.0, MAX_LATENCY_MS)
     check_number(cap.quality_prior, f"{field}.quality_prior", 0.0, 1.0)
+    if cap.supplied_vector_space:
+        check_name(cap.supplied_vector_space, f"{field}.vector.space")
 
 
 def validate_agent(agent: Agent, field: str = "agent") -> None:
@@ -209,6 +216,7 @@ def validate_vector(vector: npt.NDArray[np.float32], dim: int, field: str) -> No
 
 def validate_discover(query: DiscoverQuery) -> None:
     """Checks everything but the vector's dimension, which needs the space."""
+    tenant_or_default(query.tenant, "tenant")
     if query.text is None and query.vector is None:
         raise InvalidArgument("query", "give either text or vector")
     if query.text is not None:

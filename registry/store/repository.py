@@ -32,6 +32,7 @@ from registry.domain.models import (
     VectorSpace,
     WriteResult,
 )
+from registry.domain.validation import NAME_RE
 from registry.store import tables as t
 from registry.store.rows import agent_from_row, capability_from_row, capability_values, space_from_row
 
@@ -463,6 +464,8 @@ def _decode_token(token: str, fingerprint: str) -> str:
         after, issued_for = data["a"], data["f"]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise InvalidArgument("page_token", "is not a token this server issued") from exc
-    if not isinstance(after, str) or issued_for != fingerprint:
+    if not isinstance(after, str) or not NAME_RE.match(after):
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    if issued_for != fingerprint:
         raise InvalidArgument("page_token", "was issued for a different tenant or filters; start from the first page")
     return after

@@ -177,7 +177,11 @@ def filters_from_proto(msg: discovery_pb2.DiscoverFilters) -> DiscoverFilters:
 
 
 def discover_query_from_proto(msg: discovery_pb2.DiscoverRequest) -> DiscoverQuery:
+    from registry.domain.validation import check_name
+
     which = msg.WhichOneof("query")
+    if which == "vector" and msg.vector.space:
+        check_name(msg.vector.space, "vector.space")  # checked here, where its name in the request is known
     return DiscoverQuery(
         tenant=msg.tenant,
         text=msg.text if which == "text" else None,

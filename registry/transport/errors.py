@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from registry.domain.errors import DomainError, ErrorCode
+from registry.domain.errors import DomainError, ErrorCode, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,11 @@ def status_for(error: DomainError) -> status_pb2.Status:
     return status_pb2.Status(code=CODE_MAP[error.code], message=error.message, details=details)
 
 
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    reason: str
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps DomainError to its status; any other exception to INTERNAL with an id to find it in the log."""
 
@@ -58,8 +65,22 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary
         method = handler_call_details.method
+        deserialize = handler.request_deserializer
+
+        def tolerant_deserializer(data: bytes) -> Any:
+            # gRPC answers UNKNOWN when a deserializer raises; undecodable bytes are the caller's error.
+            try:
+                return deserialize(data) if deserialize is not None else data
+            except DecodeError as exc:
+                return _Undecodable(str(exc))
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Undecodable):
+                error = InvalidArgument(
+                    "request", f"the message does not decode as {method}'s request: {request.reason}"
+                )
+                status = rpc_status.to_status(status_for(error))
+                await context.abort(status.code, status.details, status.trailing_metadata)
             try:
                 return await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio
             except grpc.aio.AbortError:
@@ -76,6 +97,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer,
             response_serializer=handler.response_serializer,
         )
