@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import datetime
 
 from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
@@ -198,7 +199,28 @@ def discover_query_from_proto(msg: discovery_pb2.DiscoverRequest) -> DiscoverQue
     )
 
 
-def match_to_proto(match: Match) -> discovery_pb2.Match:
+class CapabilityProtoCache:
+    """Converted capabilities, reused across Discover answers: the same few capabilities answer most
+    tasks, and building each message (timestamps included) costs more than copying it."""
+
+    def __init__(self, max_entries: int = 20_000):
+        self._entries: OrderedDict[tuple[str, datetime | None], agent_pb2.Capability] = OrderedDict()
+        self._max = max_entries
+
+    def get(self, cap: Capability) -> agent_pb2.Capability:
+        key = (cap.id, cap.updated_at)
+        message = self._entries.get(key)
+        if message is None:
+            message = capability_to_proto(cap)
+            self._entries[key] = message
+            if len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return message
+
+
+def match_to_proto(match: Match, cache: CapabilityProtoCache | None = None) -> discovery_pb2.Match:
     return discovery_pb2.Match(
         agent_id=match.agent_id,
         agent_name=match.agent_name,
@@ -206,7 +228,7 @@ def match_to_proto(match: Match) -> discovery_pb2.Match:
         kind=KIND_TO_PROTO[match.kind],
         endpoint=match.endpoint,
         labels=match.labels,
-        capability=capability_to_proto(match.capability),
+        capability=cache.get(match.capability) if cache else capability_to_proto(match.capability),
         similarity=match.similarity,
         score=match.score,
         estimated_cost_usd=match.estimated_cost_usd,
@@ -214,10 +236,12 @@ def match_to_proto(match: Match) -> discovery_pb2.Match:
     )
 
 
-def discover_result_to_proto(result: DiscoverResult) -> discovery_pb2.DiscoverResponse:
+def discover_result_to_proto(
+    result: DiscoverResult, cache: CapabilityProtoCache | None = None
+) -> discovery_pb2.DiscoverResponse:
     exp = result.explanation
     return discovery_pb2.DiscoverResponse(
-        matches=[match_to_proto(m) for m in result.matches],
+        matches=[match_to_proto(m, cache) for m in result.matches],
         explanation=discovery_pb2.Explanation(
             candidates_total=exp.candidates_total,
             candidates_allowed=exp.candidates_allowed,

@@ -65,9 +65,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     def __init__(self, service: DiscoveryService):
         self._service = service
+        self._capabilities = convert.CapabilityProtoCache()
 
     async def Discover(
         self, request: discovery_pb2.DiscoverRequest, context: Context
     ) -> discovery_pb2.DiscoverResponse:
         result = await self._service.discover(convert.discover_query_from_proto(request))
-        return convert.discover_result_to_proto(result)
+        return convert.discover_result_to_proto(result, self._capabilities)
