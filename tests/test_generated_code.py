@@ -32,10 +32,11 @@ def test_wire_field_numbers_are_stable() -> None:
     agent = {f.name: f.number for f in agent_pb2.Agent.DESCRIPTOR.fields}
     assert agent == {
         "id": 1, "tenant": 2, "name": 3, "kind": 4, "endpoint": 5, "labels": 6, "status": 7, "description": 8,
-        "capabilities": 9, "generation": 10, "create_time": 11, "update_time": 12,
+        "capabilities": 9, "generation": 10, "create_time": 11, "update_time": 12, "visibility": 13,
+        "shared_with": 14,
     }  # fmt: skip
     request = {f.name: f.number for f in discovery_pb2.DiscoverRequest.DESCRIPTOR.fields}
     assert request == {
         "tenant": 1, "text": 2, "vector": 3, "top_k": 4, "filters": 5, "vector_space": 6,
-        "estimated_input_tokens": 7, "estimated_output_tokens": 8,
+        "estimated_input_tokens": 7, "estimated_output_tokens": 8, "task_labels": 9, "budget_id": 10,
     }  # fmt: skip

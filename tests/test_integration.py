@@ -214,3 +214,26 @@ def test_survives_restart_without_reembedding(database_url: str, tmp_path: objec
         assert after.agent_name == "durable"
         assert after.similarity == pytest.approx(before.similarity, abs=1e-5)
         c.register_agent(make_agent("durable", make_capability("translate", description="Translates text.")))
+
+
+def test_visibility_private_shared_public(client: CapregClient) -> None:
+    private = client.register_agent(make_agent("p", tenant="acme")).agent
+    assert private.visibility == agent_pb2.VISIBILITY_PRIVATE
+    client.register_agent(
+        make_agent("s", tenant="acme", visibility=agent_pb2.VISIBILITY_SHARED, shared_with=["globex"])
+    )
+    client.register_agent(make_agent("pub", tenant="acme", visibility=agent_pb2.VISIBILITY_PUBLIC))
+
+    def seen_by(tenant: str) -> list[str]:
+        return sorted(m.agent_name for m in client.discover("summarize this", tenant=tenant, top_k=10).matches)
+
+    assert seen_by("acme") == ["p", "pub", "s"]
+    assert seen_by("globex") == ["pub", "s"]
+    assert seen_by("initech") == ["pub"]
+    answer = client.discover("summarize this", tenant="initech", top_k=10)
+    assert {e.reason: e.count for e in answer.explanation.exclusions} == {"visibility": 2}
+    # Re-registering without a visibility keeps the stored one; narrowing it takes effect at once.
+    client.register_agent(make_agent("pub", tenant="acme"))
+    assert seen_by("initech") == ["pub"]
+    client.register_agent(make_agent("pub", tenant="acme", visibility=agent_pb2.VISIBILITY_PRIVATE))
+    assert seen_by("initech") == []

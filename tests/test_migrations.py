@@ -15,7 +15,7 @@ from registry.store.engine import make_engine
 from registry.store.tables import metadata
 from tests import support
 
-TABLES = {"tenants", "agents", "capabilities", "vector_spaces", "capability_vectors", "change_log"}
+TABLES = {"tenants", "agents", "capabilities", "vector_spaces", "capability_vectors", "change_log", "policies"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -27,6 +27,22 @@ class AgentStatus(StrEnum):
     INACTIVE = "inactive"
 
 
+class Visibility(StrEnum):
+    PRIVATE = "private"  # its own tenant only
+    SHARED = "shared"  # its own tenant and the tenants it is shared with
+    PUBLIC = "public"  # every tenant
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking. Until API keys arrive, the tenant comes from the request and the principal and
+    roles from trusted metadata headers."""
+
+    tenant: str = DEFAULT_TENANT
+    principal: str = ""
+    roles: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class Cost:
     per_call_usd: float = 0.0
@@ -82,6 +98,8 @@ class Agent:
     status: AgentStatus | None = None  # None at registration: keep the stored status, or ACTIVE
     description: str = ""
     capabilities: tuple[Capability, ...] = ()
+    visibility: Visibility | None = None  # None at registration: keep the stored one, or PRIVATE
+    shared_with: tuple[str, ...] = ()
     # Set by the store.
     id: str = ""
     generation: int = 0
@@ -149,6 +167,14 @@ class DiscoverQuery:
     filters: DiscoverFilters = field(default_factory=DiscoverFilters)
     estimated_input_tokens: int = DEFAULT_ESTIMATED_TOKENS
     estimated_output_tokens: int = DEFAULT_ESTIMATED_TOKENS
+    task_labels: dict[str, str] = field(default_factory=dict)
+    budget_id: str = ""
+    principal: str = ""
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.tenant, self.principal, self.roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +231,8 @@ class CatalogEntry:
     labels: dict[str, str]
     status: AgentStatus
     vector: npt.NDArray[np.float32] | None = None  # None: only attributes changed
+    visibility: Visibility = Visibility.PRIVATE
+    shared_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from registry.domain.models import (
     DiscoverFilters,
     DiscoverQuery,
     ListAgentsQuery,
+    Visibility,
 )
 
 # \Z, not $: `$` also matches before a trailing newline, which would let "name\n" through.
@@ -139,6 +140,17 @@ def validate_agent(agent: Agent, field: str = "agent") -> None:
     check_text(agent.endpoint, f"{field}.endpoint", MAX_ENDPOINT)
     check_text(agent.description, f"{field}.description", MAX_DESCRIPTION)
     check_labels(agent.labels, f"{field}.labels")
+    if len(agent.shared_with) > MAX_LIST_ITEMS:
+        raise InvalidArgument(
+            f"{field}.shared_with", f"has {len(agent.shared_with)} tenants; the limit is {MAX_LIST_ITEMS}"
+        )
+    for i, tenant in enumerate(agent.shared_with):
+        if not TENANT_RE.match(tenant):
+            raise InvalidArgument(
+                f"{field}.shared_with[{i}]", "is not a tenant name (1-63 lowercase letters, digits, '-')"
+            )
+    if agent.shared_with and agent.visibility is not Visibility.SHARED:
+        raise InvalidArgument(f"{field}.shared_with", "only a SHARED agent is shared; set visibility to SHARED")
     if not agent.capabilities:
         raise InvalidArgument(f"{field}.capabilities", "an agent needs at least one capability")
     if len(agent.capabilities) > MAX_CAPABILITIES:

@@ -9,13 +9,16 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from registry.domain.models import AgentKind, AgentStatus, CatalogEntry, DiscoverFilters
+from registry.domain.models import AgentKind, AgentStatus, CatalogEntry, DiscoverFilters, Visibility
 
 Mask = npt.NDArray[np.bool_]
 KIND_CODES = {kind: i for i, kind in enumerate(AgentKind)}
 STATUS_CODES = {status: i for i, status in enumerate(AgentStatus)}
+VISIBILITY_CODES = {visibility: i for i, visibility in enumerate(Visibility)}
 # Postings: which rows carry each value of these set-valued attributes.
-POSTING_FIELDS = ("tag", "region", "input_mode", "output_mode", "label", "capability_name")
+POSTING_FIELDS = (
+    "tag", "region", "input_mode", "output_mode", "label", "label_key", "capability_name", "agent_id", "shared_with"
+)  # fmt: skip
 
 
 class AttributeColumns:
@@ -32,6 +35,7 @@ class AttributeColumns:
         self.anywhere = np.zeros(0, dtype=np.bool_)  # no regions declared: serves every region
         self.tenant = np.zeros(0, dtype=np.int32)
         self.tenant_codes: dict[str, int] = {}
+        self.visibility = np.zeros(0, dtype=np.int8)
         self.postings: dict[str, defaultdict[str, set[int]]] = {f: defaultdict(set) for f in POSTING_FIELDS}
         # Sorted row arrays of postings, built on first use after a change: writes are rare, reads hot.
         self._posting_arrays: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
@@ -52,6 +56,7 @@ class AttributeColumns:
             "quality",
             "anywhere",
             "tenant",
+            "visibility",
         ):
             old = getattr(self, name)
             new = np.zeros(capacity, dtype=old.dtype)
@@ -72,7 +77,10 @@ class AttributeColumns:
         self.quality[row] = cap.quality_prior
         self.anywhere[row] = not cap.regions
         self.tenant[row] = self.tenant_codes.setdefault(entry.tenant, len(self.tenant_codes) + 1)
-        keys = [("capability_name", cap.name)]
+        self.visibility[row] = VISIBILITY_CODES[entry.visibility]
+        keys = [("capability_name", cap.name), ("agent_id", entry.agent_id)]
+        keys += [("shared_with", t) for t in entry.shared_with]
+        keys += [("label_key", k) for k in entry.labels]
         keys += [("tag", v) for v in cap.tags] + [("region", v) for v in cap.regions]
         keys += [("input_mode", v) for v in cap.input_modes] + [("output_mode", v) for v in cap.output_modes]
         keys += [("label", f"{k}={v}") for k, v in entry.labels.items()]
@@ -112,6 +120,38 @@ class AttributeColumns:
         return mask
 
 
+def visible_to(columns: AttributeColumns, size: int, tenant: str) -> Mask:
+    """Rows the tenant may see: its own, public ones, and those shared with it."""
+    own = columns.tenant[:size] == columns.tenant_codes.get(tenant, -1)
+    public = columns.visibility[:size] == VISIBILITY_CODES[Visibility.PUBLIC]
+    shared = columns.rows_with("shared_with", tenant, size)
+    shared &= columns.visibility[:size] == VISIBILITY_CODES[Visibility.SHARED]
+    visible: Mask = own | public | shared
+    return visible
+
+
+class MaskBuilder:
+    """ANDs constraints into one mask, counting how many live rows each one removed, in order."""
+
+    def __init__(self, columns: AttributeColumns, size: int):
+        self.columns = columns
+        self.size = size
+        self.mask = columns.live[:size].copy()
+        self.exclusions: dict[str, int] = {}
+        self._count = int(np.count_nonzero(self.mask))
+
+    def apply(self, reason: str, allowed: Mask) -> None:
+        np.logical_and(self.mask, allowed, out=self.mask)
+        count = int(np.count_nonzero(self.mask))
+        if count < self._count:
+            self.exclusions[reason] = self.exclusions.get(reason, 0) + self._count - count
+        self._count = count
+
+    @property
+    def allowed(self) -> int:
+        return self._count
+
+
 def constraint_mask(
     columns: AttributeColumns,
     size: int,
@@ -119,19 +159,15 @@ def constraint_mask(
     filters: DiscoverFilters,
     input_tokens: int,
     output_tokens: int,
+    budget_left_usd: float | None = None,
+    policy_mask: Mask | None = None,
 ) -> tuple[Mask, dict[str, int]]:
     """The rows a Discover may return, and how many live rows each constraint removed (in order)."""
-    mask = columns.live[:size].copy()
-    exclusions: dict[str, int] = {}
-
-    def apply(reason: str, allowed: Mask) -> None:
-        before = int(np.count_nonzero(mask))
-        np.logical_and(mask, allowed, out=mask)
-        removed = before - int(np.count_nonzero(mask))
-        if removed:
-            exclusions[reason] = removed
-
-    apply("tenant", columns.tenant[:size] == columns.tenant_codes.get(tenant, -1))
+    builder = MaskBuilder(columns, size)
+    apply = builder.apply
+    apply("visibility", visible_to(columns, size, tenant))
+    if policy_mask is not None:
+        apply("policy", policy_mask)
     apply("status", columns.status[:size] == STATUS_CODES[AgentStatus.ACTIVE])
     if filters.kinds:
         apply("filter.kinds", np.isin(columns.kind[:size], [KIND_CODES[k] for k in filters.kinds]))
@@ -145,9 +181,12 @@ def constraint_mask(
         apply("filter.input_modes", columns.rows_with("input_mode", mode, size))
     for mode in filters.output_modes:
         apply("filter.output_modes", columns.rows_with("output_mode", mode, size))
-    if filters.max_cost_usd is not None:
+    if filters.max_cost_usd is not None or budget_left_usd is not None:
         cost = estimated_cost(columns, size, input_tokens, output_tokens)
-        apply("filter.max_cost_usd", cost <= filters.max_cost_usd)
+        if budget_left_usd is not None:
+            apply("budget", cost <= budget_left_usd)
+        if filters.max_cost_usd is not None:
+            apply("filter.max_cost_usd", cost <= filters.max_cost_usd)
     if filters.max_latency_ms is not None:
         apply("filter.max_latency_ms", columns.latency[:size] <= filters.max_latency_ms)
     if filters.min_quality is not None:
@@ -156,7 +195,7 @@ def constraint_mask(
         apply("filter.labels", columns.rows_with("label", f"{key}={value}", size))
     if filters.capability_name:
         apply("filter.capability_name", columns.rows_with("capability_name", filters.capability_name, size))
-    return mask, exclusions
+    return builder.mask, builder.exclusions
 
 
 def estimated_cost(

@@ -1,14 +1,18 @@
-"""Discover: embed the task (or take the caller's vector), mask by constraints, search, rank, explain."""
+"""Discover: embed the task (or take the caller's vector), mask by every constraint (visibility,
+policy, status, filters, budget), search, rank, explain."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 
 from registry.domain import validation as v
-from registry.domain.errors import NotFound
+from registry.domain.errors import FailedPrecondition, NotFound
 from registry.domain.models import (
     CatalogEntry,
     DiscoverQuery,
@@ -17,7 +21,10 @@ from registry.domain.models import (
     Match,
     ScoreTerm,
 )
+from registry.domain.policy import TenantPolicies
+from registry.domain.ports import BudgetLimiter
 from registry.index.columns import constraint_mask
+from registry.index.policy_mask import policy_mask
 from registry.service.serving import ServingSpace
 
 SIMILARITY_WEIGHT = 0.9
@@ -25,15 +32,26 @@ QUALITY_WEIGHT = 0.1
 RERANK_EXTRA = 10  # rows fetched beyond k so the quality term can reorder the top
 
 
+def no_policies(_tenant: str) -> TenantPolicies:
+    return TenantPolicies()
+
+
 class DiscoveryService:
-    def __init__(self, serving: ServingSpace):
+    def __init__(
+        self,
+        serving: ServingSpace,
+        budgets: BudgetLimiter | None = None,
+        policies: Callable[[str], TenantPolicies] = no_policies,
+    ):
         self._serving = serving
+        self._budgets = budgets
+        self._policies = policies
 
     async def discover(self, query: DiscoverQuery) -> DiscoverResult:
         started = time.perf_counter()
         v.validate_discover(query)
-        serving = self._serving
-        space = serving.space
+        query = _with_tenant(query)
+        space = self._serving.space
         timings: dict[str, float] = {}
         if query.vector_space and query.vector_space != space.name:
             raise NotFound(
@@ -45,22 +63,38 @@ class DiscoveryService:
         else:
             assert query.text is not None
             t0 = time.perf_counter()
-            vector = (await asyncio.to_thread(serving.embedder.embed, [query.text]))[0]
+            vector = (await asyncio.to_thread(self._serving.embedder.embed, [query.text]))[0]
             timings["embed"] = _ms(t0)
-        return self._search(query, vector, timings, started)
+        budget_left = None
+        if query.budget_id:
+            if self._budgets is None:
+                raise FailedPrecondition("this server keeps no budgets; leave budget_id empty")
+            t0 = time.perf_counter()
+            budget_left = await self._budgets.remaining_usd(query.caller, query.budget_id)
+            timings["budget"] = _ms(t0)
+        return self._search(query, vector, budget_left, timings, started)
 
     def _search(
-        self, query: DiscoverQuery, vector: np.ndarray, timings: dict[str, float], started: float
+        self,
+        query: DiscoverQuery,
+        vector: npt.NDArray[np.float32],
+        budget_left: float | None,
+        timings: dict[str, float],
+        started: float,
     ) -> DiscoverResult:
+        """Synchronous on the event loop: the index never changes under a search."""
         index = self._serving.index
         t0 = time.perf_counter()
+        rules = policy_mask(index.columns, index.size, self._policies(query.tenant), query.caller, query.task_labels)
         mask, exclusions = constraint_mask(
             index.columns,
             index.size,
-            v.tenant_or_default(query.tenant, "tenant"),
+            query.tenant,
             query.filters,
             query.estimated_input_tokens,
             query.estimated_output_tokens,
+            budget_left,
+            rules,
         )
         timings["filter"] = _ms(t0)
         t0 = time.perf_counter()
@@ -68,7 +102,7 @@ class DiscoveryService:
         timings["search"] = _ms(t0)
         t0 = time.perf_counter()
         matches = [
-            self._match(index.entry(int(row)), float(sim), query)
+            self._match(index.entry(row), sim, query)
             for row, sim in zip(found.rows.tolist(), found.similarities.tolist(), strict=True)
         ]
         matches.sort(key=lambda m: (-m.score, -m.similarity, m.capability.id))
@@ -110,6 +144,10 @@ class DiscoveryService:
                 ScoreTerm("quality_prior", cap.quality_prior, QUALITY_WEIGHT),
             ),
         )
+
+
+def _with_tenant(query: DiscoverQuery) -> DiscoverQuery:
+    return replace(query, tenant=v.tenant_or_default(query.tenant, "tenant"))
 
 
 def _ms(since: float) -> float:

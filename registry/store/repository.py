@@ -30,6 +30,7 @@ from registry.domain.models import (
     CatalogEntry,
     ListAgentsQuery,
     VectorSpace,
+    Visibility,
     WriteResult,
 )
 from registry.domain.validation import NAME_RE
@@ -173,6 +174,7 @@ class RegistryStore:
                     )
                 agent_id = str(uuid.uuid4())
                 status = agent.status or AgentStatus.ACTIVE
+                visibility = agent.visibility or Visibility.PRIVATE
                 conn.execute(
                     insert(t.agents).values(
                         id=agent_id,
@@ -183,6 +185,8 @@ class RegistryStore:
                         description=agent.description,
                         labels=agent.labels,
                         status=status.value,
+                        visibility=visibility.value,
+                        shared_with=list(agent.shared_with),
                         generation=1,
                         created_at=now,
                         updated_at=now,
@@ -195,12 +199,15 @@ class RegistryStore:
                 agent_id = row["id"]
                 _check_generation(row["generation"], expected_generation, agent)
                 status = agent.status or AgentStatus(row["status"])
+                visibility = agent.visibility or Visibility(row["visibility"])
                 agent_changed = (
                     row["kind"] != agent.kind.value
                     or row["endpoint"] != agent.endpoint
                     or row["description"] != agent.description
                     or dict(row["labels"]) != agent.labels
                     or row["status"] != status.value
+                    or row["visibility"] != visibility.value
+                    or list(row["shared_with"]) != list(agent.shared_with)
                 )
                 stored_caps = {
                     (r["name"], r["version"]): r
@@ -265,6 +272,8 @@ class RegistryStore:
                         description=agent.description,
                         labels=agent.labels,
                         status=status.value,
+                        visibility=visibility.value,
+                        shared_with=list(agent.shared_with),
                         generation=t.agents.c.generation + 1,
                         updated_at=now,
                     )
@@ -429,6 +438,8 @@ def _entry(agent: Agent, cap: Any, vector: npt.NDArray[np.float32] | None) -> Ca
         labels=agent.labels,
         status=agent.status,
         vector=vector,
+        visibility=agent.visibility or Visibility.PRIVATE,
+        shared_with=agent.shared_with,
     )
 
 

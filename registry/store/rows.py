@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from registry.domain.models import Agent, AgentKind, AgentStatus, Capability, Cost, VectorSpace
+from registry.domain.models import Agent, AgentKind, AgentStatus, Capability, Cost, VectorSpace, Visibility
 
 
 def utc(value: datetime) -> datetime:
@@ -62,6 +62,8 @@ def agent_from_row(row: Any, capabilities: tuple[Capability, ...]) -> Agent:
         status=AgentStatus(row["status"]),
         description=row["description"],
         capabilities=capabilities,
+        visibility=Visibility(row["visibility"]),
+        shared_with=tuple(row["shared_with"]),
         generation=row["generation"],
         created_at=utc(row["created_at"]),
         updated_at=utc(row["updated_at"]),

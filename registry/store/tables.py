@@ -40,6 +40,7 @@ tenants = Table(
     metadata,
     Column("id", String(63), primary_key=True),
     Column("created_at", Timestamp, nullable=False),
+    Column("default_policy_effect", String(8), nullable=False, server_default="allow"),
 )
 
 agents = Table(
@@ -56,6 +57,8 @@ agents = Table(
     Column("generation", BigInteger, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    Column("visibility", String(16), nullable=False, server_default="private"),
+    Column("shared_with", Json, nullable=False, server_default="[]"),  # tenants that see a shared agent
     UniqueConstraint("tenant_id", "name", name="uq_agents_tenant_id_name"),
 )
 
@@ -118,4 +121,21 @@ change_log = Table(
     Column("entity_id", String(64), nullable=False),
     Column("op", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("effect", String(8), nullable=False),  # allow | deny
+    Column("subject", Json, nullable=False),
+    Column("target", Json, nullable=False),
+    Column("condition", Json, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_policies_tenant_id_name"),
 )

@@ -23,6 +23,7 @@ from registry.domain.models import (
     DiscoverResult,
     ListAgentsQuery,
     Match,
+    Visibility,
 )
 
 DEFAULT_TOP_K = 5
@@ -40,6 +41,21 @@ STATUS_FROM_PROTO = {
     agent_pb2.AGENT_STATUS_INACTIVE: AgentStatus.INACTIVE,
 }
 STATUS_TO_PROTO = {status: number for number, status in STATUS_FROM_PROTO.items()}
+VISIBILITY_FROM_PROTO = {
+    agent_pb2.VISIBILITY_PRIVATE: Visibility.PRIVATE,
+    agent_pb2.VISIBILITY_SHARED: Visibility.SHARED,
+    agent_pb2.VISIBILITY_PUBLIC: Visibility.PUBLIC,
+}
+VISIBILITY_TO_PROTO = {visibility: number for number, visibility in VISIBILITY_FROM_PROTO.items()}
+
+
+def visibility_from_proto(value: int, field: str) -> Visibility | None:
+    if value == agent_pb2.VISIBILITY_UNSPECIFIED:
+        return None
+    try:
+        return VISIBILITY_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown visibility {value}; use PRIVATE, SHARED or PUBLIC") from None
 
 
 def kind_from_proto(value: int, field: str) -> AgentKind:
@@ -97,6 +113,8 @@ def agent_from_proto(msg: agent_pb2.Agent, field: str = "agent") -> Agent:
         status=status_from_proto(msg.status, f"{field}.status", allow_unspecified=True),
         description=msg.description,
         capabilities=tuple(capability_from_proto(c) for c in msg.capabilities),
+        visibility=visibility_from_proto(msg.visibility, f"{field}.visibility"),
+        shared_with=tuple(msg.shared_with),
     )
 
 
@@ -134,6 +152,8 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
         status=STATUS_TO_PROTO[agent.status] if agent.status else agent_pb2.AGENT_STATUS_UNSPECIFIED,
         description=agent.description,
         capabilities=[capability_to_proto(c) for c in agent.capabilities],
+        visibility=VISIBILITY_TO_PROTO[agent.visibility] if agent.visibility else agent_pb2.VISIBILITY_UNSPECIFIED,
+        shared_with=agent.shared_with,
         generation=agent.generation,
         create_time=_timestamp(agent.created_at),
         update_time=_timestamp(agent.updated_at),
@@ -196,6 +216,8 @@ def discover_query_from_proto(msg: discovery_pb2.DiscoverRequest) -> DiscoverQue
         estimated_output_tokens=(
             msg.estimated_output_tokens if msg.HasField("estimated_output_tokens") else DEFAULT_ESTIMATED_TOKENS
         ),
+        task_labels=dict(msg.task_labels),
+        budget_id=msg.budget_id,
     )
 
 

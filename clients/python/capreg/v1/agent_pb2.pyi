@@ -76,6 +76,32 @@ AGENT_STATUS_INACTIVE: AgentStatus.ValueType  # 3
 """registered but switched off"""
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
+class _Visibility:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Visibility.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VISIBILITY_UNSPECIFIED: _Visibility.ValueType  # 0
+    VISIBILITY_PRIVATE: _Visibility.ValueType  # 1
+    """its own tenant only"""
+    VISIBILITY_SHARED: _Visibility.ValueType  # 2
+    """its own tenant and those in `shared_with`"""
+    VISIBILITY_PUBLIC: _Visibility.ValueType  # 3
+    """every tenant"""
+
+class Visibility(_Visibility, metaclass=_VisibilityEnumTypeWrapper):
+    """Which tenants may discover an agent."""
+
+VISIBILITY_UNSPECIFIED: Visibility.ValueType  # 0
+VISIBILITY_PRIVATE: Visibility.ValueType  # 1
+"""its own tenant only"""
+VISIBILITY_SHARED: Visibility.ValueType  # 2
+"""its own tenant and those in `shared_with`"""
+VISIBILITY_PUBLIC: Visibility.ValueType  # 3
+"""every tenant"""
+Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
+
 @_typing.final
 class Cost(_message.Message):
     """Price of one call, in US dollars."""
@@ -259,6 +285,8 @@ class Agent(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    SHARED_WITH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """output only"""
     tenant: _builtins.str
@@ -272,6 +300,10 @@ class Agent(_message.Message):
     description: _builtins.str
     generation: _builtins.int
     """output only; bumped by every change"""
+    visibility: Global___Visibility.ValueType
+    """PRIVATE when unspecified at registration (or the stored visibility when
+    the agent exists).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -283,6 +315,10 @@ class Agent(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """output only"""
+
+    @_builtins.property
+    def shared_with(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """tenants that may see a SHARED agent"""
 
     def __init__(
         self,
@@ -299,10 +335,12 @@ class Agent(_message.Message):
         generation: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        visibility: Global___Visibility.ValueType = ...,
+        shared_with: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "generation", b"generation", "id", b"id", "kind", b"kind", "labels", b"labels", "name", b"name", "status", b"status", "tenant", b"tenant", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "generation", b"generation", "id", b"id", "kind", b"kind", "labels", b"labels", "name", b"name", "shared_with", b"shared_with", "status", b"status", "tenant", b"tenant", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -127,6 +127,26 @@ Global___DiscoverFilters: _TypeAlias = DiscoverFilters  # noqa: Y015
 class DiscoverRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TaskLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TENANT_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
@@ -135,6 +155,8 @@ class DiscoverRequest(_message.Message):
     VECTOR_SPACE_FIELD_NUMBER: _builtins.int
     ESTIMATED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     ESTIMATED_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    TASK_LABELS_FIELD_NUMBER: _builtins.int
+    BUDGET_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """"default" when empty"""
     text: _builtins.str
@@ -145,12 +167,20 @@ class DiscoverRequest(_message.Message):
     estimated_input_tokens: _builtins.int
     """Token counts used to estimate each candidate's cost (1000 each when unset)."""
     estimated_output_tokens: _builtins.int
+    budget_id: _builtins.str
+    """A budget (BudgetService) whose remaining money bounds each candidate's
+    estimated cost.
+    """
     @_builtins.property
     def vector(self) -> _agent_pb2.Vector:
         """its space: the serving space when empty"""
 
     @_builtins.property
     def filters(self) -> Global___DiscoverFilters: ...
+    @_builtins.property
+    def task_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What the task is, for policy conditions (e.g. data_class=pii)."""
+
     def __init__(
         self,
         *,
@@ -162,10 +192,12 @@ class DiscoverRequest(_message.Message):
         vector_space: _builtins.str = ...,
         estimated_input_tokens: _builtins.int | None = ...,
         estimated_output_tokens: _builtins.int | None = ...,
+        task_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        budget_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "budget_id", b"budget_id", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "task_labels", b"task_labels", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__estimated_input_tokens: _TypeAlias = _typing.Literal["estimated_input_tokens"]  # noqa: Y015
     _WhichOneofArgType__estimated_input_tokens: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens"]  # noqa: Y015
