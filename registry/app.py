@@ -21,10 +21,12 @@ from registry.index.hnsw import HnswParams
 from registry.index.space_index import PlannerParams, SpaceIndex
 from registry.manifest import load_agents
 from registry.service.discovery_service import DiscoveryService
+from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.service.serving import ServingSpace
 from registry.store import migrate
 from registry.store.engine import make_engine
+from registry.store.policies import PolicyStore
 from registry.store.repository import RegistryStore
 from registry.transport.convert import agent_from_proto
 from registry.transport.server import GrpcServer
@@ -66,16 +68,19 @@ class App:
     serving: ServingSpace
     registry: RegistryService
     discovery: DiscoveryService
+    policies: PolicyService
     server: GrpcServer
     port: int = 0
 
     async def start(self) -> int:
+        self.policies.start()
         self.port = await self.server.start(self.settings.host, self.settings.port)
         log.info("capreg serving on %s:%d", self.settings.host, self.port)
         return self.port
 
     async def stop(self) -> None:
         await self.server.stop(self.settings.shutdown_grace_s)
+        await self.policies.stop()
         self.engine.dispose()
 
     async def load_demo_if_empty(self) -> int:
@@ -126,5 +131,8 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     log.info("index of %s built: %d capabilities at watermark %d", space.name, index.live_count, watermark)
     serving = ServingSpace(space=space, embedder=embedder, index=index)
     registry = RegistryService(store, serving)
-    discovery = DiscoveryService(serving)
-    return App(settings, engine, store, serving, registry, discovery, GrpcServer(registry, discovery))
+    policies = PolicyService(PolicyStore(engine), refresh_s=settings.policy_refresh_s)
+    await policies.load()
+    discovery = DiscoveryService(serving, policies=policies.rules_for)
+    server = GrpcServer(registry, discovery, policies)
+    return App(settings, engine, store, serving, registry, discovery, policies, server)

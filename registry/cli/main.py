@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from capreg.v1 import discovery_pb2
-from capreg_client import CapregClient, CapregError
+from capreg_client import CapregClient
 from capreg_client.requests import kind_value
 from rich.progress import (
     BarColumn,
@@ -24,46 +22,9 @@ from rich.progress import (
 )
 
 from registry.cli import output
+from registry.cli.common import CONTEXT, call, client_options, fail, json_option
+from registry.cli.policies import policies
 from registry.manifest import ManifestError, load_agents
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_TARGET = "127.0.0.1:50051"
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def client_options(func: F) -> F:
-    func = click.option(
-        "--target",
-        default=DEFAULT_TARGET,
-        show_default=True,
-        envvar="CAPREG_TARGET",
-        help="Server address HOST:PORT.",
-    )(func)
-    func = click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for an answer.")(func)
-    return func
-
-
-def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")(func)
-
-
-def fail(message: str) -> None:
-    output.err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    sys.exit(1)
-
-
-def call(target: str, timeout: float, action: Callable[[CapregClient], Any]) -> Any:
-    """Run `action` against the server, turning failures into messages that say what to do next."""
-    with CapregClient(target, timeout=timeout) as client:
-        try:
-            return action(client)
-        except CapregError as error:
-            hint = ""
-            if error.code.name == "UNAVAILABLE":
-                hint = f" (is `capreg serve` running at {target}? start it, or pass --target)"
-            field = f" [field: {error.field}]" if error.field else ""
-            fail(f"{error.code.name}: {error.message}{field}{hint}")
-    return None
 
 
 @click.group(context_settings=CONTEXT)
@@ -403,6 +364,9 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
             raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint=option)
         pairs[key] = val
     return pairs
+
+
+cli.add_command(policies)
 
 
 def main() -> None:

@@ -244,3 +244,4 @@ def validate_discover(query: DiscoverQuery) -> None:
         if not 0 <= value <= MAX_TOKENS:
             raise InvalidArgument(name, f"must be between 0 and {MAX_TOKENS}")
     validate_filters(query.filters)
+    check_labels(query.task_labels, "task_labels")

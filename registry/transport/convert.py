@@ -74,7 +74,7 @@ def status_from_proto(value: int, field: str, *, allow_unspecified: bool = False
         raise InvalidArgument(field, f"unknown agent status {value}; use ACTIVE, DRAINING or INACTIVE") from None
 
 
-def _timestamp(value: datetime | None) -> Timestamp | None:
+def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
     ts = Timestamp()
@@ -136,8 +136,8 @@ def capability_to_proto(cap: Capability) -> agent_pb2.Capability:
         latency_p50_ms=cap.latency_p50_ms,
         quality_prior=cap.quality_prior,
         regions=cap.regions,
-        create_time=_timestamp(cap.created_at),
-        update_time=_timestamp(cap.updated_at),
+        create_time=timestamp(cap.created_at),
+        update_time=timestamp(cap.updated_at),
     )
 
 
@@ -155,8 +155,8 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
         visibility=VISIBILITY_TO_PROTO[agent.visibility] if agent.visibility else agent_pb2.VISIBILITY_UNSPECIFIED,
         shared_with=agent.shared_with,
         generation=agent.generation,
-        create_time=_timestamp(agent.created_at),
-        update_time=_timestamp(agent.updated_at),
+        create_time=timestamp(agent.created_at),
+        update_time=timestamp(agent.updated_at),
     )
 
 

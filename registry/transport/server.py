@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import grpc
-from capreg.v1 import discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+from capreg.v1 import discovery_pb2, discovery_pb2_grpc, policy_pb2, policy_pb2_grpc, registry_pb2, registry_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from registry.service.discovery_service import DiscoveryService
+from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.transport.errors import ErrorInterceptor
+from registry.transport.policy_servicer import PolicyServicer
 from registry.transport.servicers import DiscoveryServicer, RegistryServicer
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
+    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
 )
 
 
 class GrpcServer:
-    def __init__(self, registry: RegistryService, discovery: DiscoveryService):
+    def __init__(self, registry: RegistryService, discovery: DiscoveryService, policies: PolicyService):
         self.server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
             options=[
@@ -31,6 +34,7 @@ class GrpcServer:
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), self.server)
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryServicer(discovery), self.server)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -12,6 +13,19 @@ from registry.service.registry_service import RegistryService
 from registry.transport import convert
 
 Context = grpc.aio.ServicerContext[Any, Any]
+PRINCIPAL_HEADER = "x-capreg-principal"
+ROLES_HEADER = "x-capreg-roles"
+
+
+def caller_metadata(context: Context) -> tuple[str, frozenset[str]]:
+    """The caller's principal and roles, from trusted headers until API keys carry them (issue 4)."""
+    principal, roles = "", frozenset[str]()
+    for key, value in context.invocation_metadata() or ():
+        if key == PRINCIPAL_HEADER and isinstance(value, str):
+            principal = value[:128]
+        elif key == ROLES_HEADER and isinstance(value, str):
+            roles = frozenset(r.strip() for r in value.split(",")[:32] if r.strip())
+    return principal, roles
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -70,5 +84,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     async def Discover(
         self, request: discovery_pb2.DiscoverRequest, context: Context
     ) -> discovery_pb2.DiscoverResponse:
-        result = await self._service.discover(convert.discover_query_from_proto(request))
+        principal, roles = caller_metadata(context)
+        query = replace(convert.discover_query_from_proto(request), principal=principal, roles=roles)
+        result = await self._service.discover(query)
         return convert.discover_result_to_proto(result, self._capabilities)

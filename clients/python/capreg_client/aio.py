@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+from capreg.v1 import (
+    agent_pb2,
+    discovery_pb2,
+    discovery_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from capreg_client import requests
@@ -31,6 +39,7 @@ class AsyncCapregClient:
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._policies = policy_pb2_grpc.PolicyServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncCapregClient:
         return self
@@ -41,9 +50,11 @@ class AsyncCapregClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None) -> T:
+    async def _call(
+        self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None, metadata: Any = None
+    ) -> T:
         try:
-            return await method(request, timeout=timeout or self.timeout)
+            return await method(request, timeout=timeout or self.timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -114,8 +125,13 @@ class AsyncCapregClient:
         filters: discovery_pb2.DiscoverFilters | None = None,
         estimated_input_tokens: int | None = None,
         estimated_output_tokens: int | None = None,
+        task_labels: Mapping[str, str] | None = None,
+        budget_id: str = "",
+        principal: str = "",
+        roles: Sequence[str] = (),
         timeout: float | None = None,
     ) -> discovery_pb2.DiscoverResponse:
+        """`principal` and `roles` say who is asking, for policies (sent as metadata)."""
         request = requests.discover(
             text,
             vector=vector,
@@ -125,8 +141,12 @@ class AsyncCapregClient:
             filters=filters,
             estimated_input_tokens=estimated_input_tokens,
             estimated_output_tokens=estimated_output_tokens,
+            task_labels=task_labels,
+            budget_id=budget_id,
         )
-        return await self._call(self._discovery.Discover, request, timeout)
+        return await self._call(
+            self._discovery.Discover, request, timeout, metadata=requests.caller_metadata(principal, roles)
+        )
 
     async def discover_request(
         self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None
@@ -136,3 +156,53 @@ class AsyncCapregClient:
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    # -- policies ------------------------------------------------------------------------------------
+
+    async def create_policy(
+        self, policy: policy_pb2.Policy, *, timeout: float | None = None
+    ) -> policy_pb2.PolicyResponse:
+        return await self._call(self._policies.CreatePolicy, policy_pb2.CreatePolicyRequest(policy=policy), timeout)
+
+    async def update_policy(
+        self, policy: policy_pb2.Policy, *, expected_generation: int = 0, timeout: float | None = None
+    ) -> policy_pb2.PolicyResponse:
+        request = policy_pb2.UpdatePolicyRequest(policy=policy, expected_generation=expected_generation)
+        return await self._call(self._policies.UpdatePolicy, request, timeout)
+
+    async def get_policy(
+        self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None
+    ) -> policy_pb2.Policy:
+        request = policy_pb2.GetPolicyRequest(policy=policy_pb2.PolicyRef(id=id, tenant=tenant, name=name))
+        return (await self._call(self._policies.GetPolicy, request, timeout)).policy
+
+    async def list_policies(self, tenant: str = "", *, timeout: float | None = None) -> list[policy_pb2.Policy]:
+        request = policy_pb2.ListPoliciesRequest(tenant=tenant)
+        return list((await self._call(self._policies.ListPolicies, request, timeout)).policies)
+
+    async def delete_policy(
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
+    ) -> policy_pb2.DeletePolicyResponse:
+        request = policy_pb2.DeletePolicyRequest(
+            policy=policy_pb2.PolicyRef(id=id, tenant=tenant, name=name), expected_generation=expected_generation
+        )
+        return await self._call(self._policies.DeletePolicy, request, timeout)
+
+    async def get_tenant_settings(self, tenant: str = "", *, timeout: float | None = None) -> policy_pb2.TenantSettings:
+        request = policy_pb2.GetTenantSettingsRequest(tenant=tenant)
+        return await self._call(self._policies.GetTenantSettings, request, timeout)
+
+    async def set_default_effect(
+        self, effect: str | int, *, tenant: str = "", timeout: float | None = None
+    ) -> policy_pb2.TenantSettings:
+        """What applies to a tenant's callers when no policy allows or denies: "allow" or "deny"."""
+        settings = policy_pb2.TenantSettings(tenant=tenant, default_effect=requests.effect_value(effect))
+        return await self._call(
+            self._policies.UpdateTenantSettings, policy_pb2.UpdateTenantSettingsRequest(settings=settings), timeout
+        )

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+from capreg.v1 import (
+    agent_pb2,
+    discovery_pb2,
+    discovery_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from capreg_client import requests
@@ -25,6 +33,7 @@ class CapregClient:
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._policies = policy_pb2_grpc.PolicyServiceStub(self._channel)
 
     def __enter__(self) -> CapregClient:
         return self
@@ -35,9 +44,9 @@ class CapregClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None, metadata: Any = None) -> T:
         try:
-            return method(request, timeout=timeout or self.timeout)
+            return method(request, timeout=timeout or self.timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -109,8 +118,13 @@ class CapregClient:
         filters: discovery_pb2.DiscoverFilters | None = None,
         estimated_input_tokens: int | None = None,
         estimated_output_tokens: int | None = None,
+        task_labels: Mapping[str, str] | None = None,
+        budget_id: str = "",
+        principal: str = "",
+        roles: Sequence[str] = (),
         timeout: float | None = None,
     ) -> discovery_pb2.DiscoverResponse:
+        """`principal` and `roles` say who is asking, for policies (sent as metadata)."""
         request = requests.discover(
             text,
             vector=vector,
@@ -120,8 +134,12 @@ class CapregClient:
             filters=filters,
             estimated_input_tokens=estimated_input_tokens,
             estimated_output_tokens=estimated_output_tokens,
+            task_labels=task_labels,
+            budget_id=budget_id,
         )
-        return self._call(self._discovery.Discover, request, timeout)
+        return self._call(
+            self._discovery.Discover, request, timeout, metadata=requests.caller_metadata(principal, roles)
+        )
 
     def discover_request(
         self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None
@@ -133,3 +151,51 @@ class CapregClient:
         """True when the server (or one of its services) is SERVING."""
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    # -- policies ------------------------------------------------------------------------------------
+
+    def create_policy(self, policy: policy_pb2.Policy, *, timeout: float | None = None) -> policy_pb2.PolicyResponse:
+        return self._call(self._policies.CreatePolicy, policy_pb2.CreatePolicyRequest(policy=policy), timeout)
+
+    def update_policy(
+        self, policy: policy_pb2.Policy, *, expected_generation: int = 0, timeout: float | None = None
+    ) -> policy_pb2.PolicyResponse:
+        request = policy_pb2.UpdatePolicyRequest(policy=policy, expected_generation=expected_generation)
+        return self._call(self._policies.UpdatePolicy, request, timeout)
+
+    def get_policy(
+        self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None
+    ) -> policy_pb2.Policy:
+        request = policy_pb2.GetPolicyRequest(policy=policy_pb2.PolicyRef(id=id, tenant=tenant, name=name))
+        return (self._call(self._policies.GetPolicy, request, timeout)).policy
+
+    def list_policies(self, tenant: str = "", *, timeout: float | None = None) -> list[policy_pb2.Policy]:
+        request = policy_pb2.ListPoliciesRequest(tenant=tenant)
+        return list((self._call(self._policies.ListPolicies, request, timeout)).policies)
+
+    def delete_policy(
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
+    ) -> policy_pb2.DeletePolicyResponse:
+        request = policy_pb2.DeletePolicyRequest(
+            policy=policy_pb2.PolicyRef(id=id, tenant=tenant, name=name), expected_generation=expected_generation
+        )
+        return self._call(self._policies.DeletePolicy, request, timeout)
+
+    def get_tenant_settings(self, tenant: str = "", *, timeout: float | None = None) -> policy_pb2.TenantSettings:
+        request = policy_pb2.GetTenantSettingsRequest(tenant=tenant)
+        return self._call(self._policies.GetTenantSettings, request, timeout)
+
+    def set_default_effect(
+        self, effect: str | int, *, tenant: str = "", timeout: float | None = None
+    ) -> policy_pb2.TenantSettings:
+        """What applies to a tenant's callers when no policy allows or denies: "allow" or "deny"."""
+        settings = policy_pb2.TenantSettings(tenant=tenant, default_effect=requests.effect_value(effect))
+        return self._call(
+            self._policies.UpdateTenantSettings, policy_pb2.UpdateTenantSettingsRequest(settings=settings), timeout
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
+from capreg.v1 import agent_pb2, discovery_pb2, policy_pb2, registry_pb2
 
 KIND_NAMES = {
     "model": agent_pb2.AGENT_KIND_MODEL,
@@ -70,10 +70,14 @@ def discover(
     filters: discovery_pb2.DiscoverFilters | None = None,
     estimated_input_tokens: int | None = None,
     estimated_output_tokens: int | None = None,
+    task_labels: Mapping[str, str] | None = None,
+    budget_id: str = "",
 ) -> discovery_pb2.DiscoverRequest:
     if (text is None) == (vector is None):
         raise ValueError("give exactly one of text or vector")
-    request = discovery_pb2.DiscoverRequest(tenant=tenant, top_k=top_k, filters=filters)
+    request = discovery_pb2.DiscoverRequest(
+        tenant=tenant, top_k=top_k, filters=filters, task_labels=dict(task_labels or {}), budget_id=budget_id
+    )
     if text is not None:
         request.text = text
         request.vector_space = space
@@ -85,3 +89,26 @@ def discover(
     if estimated_output_tokens is not None:
         request.estimated_output_tokens = estimated_output_tokens
     return request
+
+
+def caller_metadata(principal: str = "", roles: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
+    """Who is calling, as metadata headers (until API keys carry it)."""
+    headers = []
+    if principal:
+        headers.append(("x-capreg-principal", principal))
+    roles = list(roles)
+    if roles:
+        headers.append(("x-capreg-roles", ",".join(roles)))
+    return tuple(headers)
+
+
+EFFECT_NAMES = {"allow": policy_pb2.POLICY_EFFECT_ALLOW, "deny": policy_pb2.POLICY_EFFECT_DENY}
+
+
+def effect_value(effect: str | int) -> policy_pb2.PolicyEffect.ValueType:
+    if isinstance(effect, int):
+        return policy_pb2.PolicyEffect.ValueType(effect)
+    try:
+        return EFFECT_NAMES[effect.lower()]
+    except KeyError:
+        raise ValueError(f"unknown effect {effect!r}; use allow or deny") from None
