@@ -20,11 +20,13 @@ from registry.embedding.template import check_template
 from registry.index.hnsw import HnswParams
 from registry.index.space_index import PlannerParams, SpaceIndex
 from registry.manifest import load_agents
+from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.service.serving import ServingSpace
 from registry.store import migrate
+from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
 from registry.store.policies import PolicyStore
 from registry.store.repository import RegistryStore
@@ -70,10 +72,12 @@ class App:
     discovery: DiscoveryService
     policies: PolicyService
     server: GrpcServer
+    budgets: BudgetService
     port: int = 0
 
     async def start(self) -> int:
         self.policies.start()
+        self.budgets.start_sweeper()
         self.port = await self.server.start(self.settings.host, self.settings.port)
         log.info("capreg serving on %s:%d", self.settings.host, self.port)
         return self.port
@@ -81,6 +85,7 @@ class App:
     async def stop(self) -> None:
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.policies.stop()
+        await self.budgets.stop_sweeper()
         self.engine.dispose()
 
     async def load_demo_if_empty(self) -> int:
@@ -133,6 +138,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     registry = RegistryService(store, serving)
     policies = PolicyService(PolicyStore(engine), refresh_s=settings.policy_refresh_s)
     await policies.load()
-    discovery = DiscoveryService(serving, policies=policies.rules_for)
-    server = GrpcServer(registry, discovery, policies)
-    return App(settings, engine, store, serving, registry, discovery, policies, server)
+    budgets = BudgetService(BudgetStore(engine))
+    discovery = DiscoveryService(serving, budgets=budgets, policies=policies.rules_for)
+    server = GrpcServer(registry, discovery, policies, budgets)
+    return App(settings, engine, store, serving, registry, discovery, policies, server, budgets)

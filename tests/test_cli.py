@@ -104,9 +104,9 @@ def test_errors_say_what_to_do(demo_server: ServerThread, tmp_path: Path) -> Non
 
 def test_migrate_up_and_down(tmp_path: Path) -> None:
     code, out = run("migrate", "--data-dir", str(tmp_path))
-    assert code == 0 and "upgrade: empty -> 0002" in out
+    assert code == 0 and "upgrade: empty -> 0003" in out
     code, out = run("migrate", "--to", "base", "--data-dir", str(tmp_path))
-    assert code == 0 and "downgrade: 0002 -> empty" in out
+    assert code == 0 and "downgrade: 0003 -> empty" in out
     code, out = run("migrate", "--to", "bogus", "--data-dir", str(tmp_path))
     assert code == 1 and "unknown revision" in out
 

@@ -15,7 +15,18 @@ from registry.store.engine import make_engine
 from registry.store.tables import metadata
 from tests import support
 
-TABLES = {"tenants", "agents", "capabilities", "vector_spaces", "capability_vectors", "change_log", "policies"}
+TABLES = {
+    "tenants",
+    "agents",
+    "capabilities",
+    "vector_spaces",
+    "capability_vectors",
+    "change_log",
+    "policies",
+    "budgets",
+    "budget_usage",
+    "budget_reservations",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -37,7 +37,7 @@ def upgrade() -> None:
         sa.Column("generation", sa.BigInteger(), nullable=False),
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
-        sa.CheckConstraint("limit_micros >= 0", name="ck_budgets_limit_nonnegative"),
+        sa.CheckConstraint("limit_micros >= 0", name=op.f("ck_budgets_limit_nonnegative")),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_budgets_tenant_id_tenants"),
         sa.PrimaryKeyConstraint("id", name="pk_budgets"),
         sa.UniqueConstraint("tenant_id", "name", name="uq_budgets_tenant_id_name"),
@@ -48,8 +48,8 @@ def upgrade() -> None:
         sa.Column("period_start", Timestamp, nullable=False),
         sa.Column("committed_micros", sa.BigInteger(), nullable=False),
         sa.Column("reserved_micros", sa.BigInteger(), nullable=False),
-        sa.CheckConstraint("committed_micros >= 0", name="ck_budget_usage_committed_nonnegative"),
-        sa.CheckConstraint("reserved_micros >= 0", name="ck_budget_usage_reserved_nonnegative"),
+        sa.CheckConstraint("committed_micros >= 0", name=op.f("ck_budget_usage_committed_nonnegative")),
+        sa.CheckConstraint("reserved_micros >= 0", name=op.f("ck_budget_usage_reserved_nonnegative")),
         sa.ForeignKeyConstraint(
             ["budget_id"], ["budgets.id"], name="fk_budget_usage_budget_id_budgets", ondelete="CASCADE"
         ),

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from registry.cli import output
+from registry.cli.budgets import budgets
 from registry.cli.common import CONTEXT, call, client_options, fail, json_option
 from registry.cli.policies import policies
 from registry.manifest import ManifestError, load_agents
@@ -296,6 +297,16 @@ def agents_delete(name: str, tenant: str, target: str, timeout: float) -> None:
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Agent label (repeatable: all).")
 @click.option("--input-tokens", type=int, help="Estimated input tokens (default 1000).")
 @click.option("--output-tokens", type=int, help="Estimated output tokens (default 1000).")
+@click.option(
+    "--task-label",
+    "task_labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="What the task is, for policy conditions, e.g. data_class=pii (repeatable).",
+)
+@click.option("--budget", "budget_id", default="", help="Budget id: exclude what costs more than it has left.")
+@click.option("--principal", default="", help="Who is asking, for policies.")
+@click.option("--role", "roles", multiple=True, help="The caller's roles, for policies (repeatable).")
 @click.option("--explain", is_flag=True, help="Also show the plan, exclusions and timings.")
 @client_options
 @json_option
@@ -315,6 +326,10 @@ def discover(
     labels: tuple[str, ...],
     input_tokens: int | None,
     output_tokens: int | None,
+    task_labels: tuple[str, ...],
+    budget_id: str,
+    principal: str,
+    roles: tuple[str, ...],
     explain: bool,
     target: str,
     timeout: float,
@@ -343,6 +358,10 @@ def discover(
             filters=filters,
             estimated_input_tokens=input_tokens,
             estimated_output_tokens=output_tokens,
+            task_labels=_pairs(task_labels, "--task-label"),
+            budget_id=budget_id,
+            principal=principal,
+            roles=roles,
         ),
     )
     if as_json:
@@ -367,6 +386,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 
 
 cli.add_command(policies)
+cli.add_command(budgets)
 
 
 def main() -> None:

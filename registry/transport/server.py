@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import grpc
-from capreg.v1 import discovery_pb2, discovery_pb2_grpc, policy_pb2, policy_pb2_grpc, registry_pb2, registry_pb2_grpc
+from capreg.v1 import (
+    budget_pb2,
+    budget_pb2_grpc,
+    discovery_pb2,
+    discovery_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
+from registry.transport.budget_servicer import BudgetServicer
 from registry.transport.errors import ErrorInterceptor
 from registry.transport.policy_servicer import PolicyServicer
 from registry.transport.servicers import DiscoveryServicer, RegistryServicer
@@ -19,11 +30,18 @@ SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
     policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
 )
 
 
 class GrpcServer:
-    def __init__(self, registry: RegistryService, discovery: DiscoveryService, policies: PolicyService):
+    def __init__(
+        self,
+        registry: RegistryService,
+        discovery: DiscoveryService,
+        policies: PolicyService,
+        budgets: BudgetService,
+    ):
         self.server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
             options=[
@@ -35,6 +53,7 @@ class GrpcServer:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), self.server)
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryServicer(discovery), self.server)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), self.server)
+        budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(budgets), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

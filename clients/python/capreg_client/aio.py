@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 import grpc
 from capreg.v1 import (
     agent_pb2,
+    budget_pb2,
+    budget_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
     policy_pb2,
@@ -17,7 +19,7 @@ from capreg.v1 import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from capreg_client import requests
+from capreg_client import budget_requests, requests
 from capreg_client.errors import from_rpc_error
 
 T = TypeVar("T")
@@ -40,6 +42,7 @@ class AsyncCapregClient:
         self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._policies = policy_pb2_grpc.PolicyServiceStub(self._channel)
+        self._budgets = budget_pb2_grpc.BudgetServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncCapregClient:
         return self
@@ -206,3 +209,104 @@ class AsyncCapregClient:
         return await self._call(
             self._policies.UpdateTenantSettings, policy_pb2.UpdateTenantSettingsRequest(settings=settings), timeout
         )
+
+    # -- budgets (BudgetService) ---------------------------------------------------------------------
+
+    async def create_budget(
+        self,
+        name: str,
+        limit_usd: float,
+        *,
+        period: str | int = "month",
+        scope: str | int = "tenant",
+        scope_id: str = "",
+        tenant: str = "",
+        timeout: float | None = None,
+    ) -> budget_pb2.BudgetResponse:
+        """A budget of `limit_usd` per period ("day", "month" or "total") for the tenant, a principal or a
+        project (`scope`, with `scope_id` naming the principal or project)."""
+        request = budget_requests.create_budget(
+            name, limit_usd, period=period, scope=scope, scope_id=scope_id, tenant=tenant
+        )
+        return await self._call(self._budgets.CreateBudget, request, timeout)
+
+    async def get_budget(
+        self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None
+    ) -> budget_pb2.Budget:
+        """A budget with its current period's usage (committed, reserved, remaining)."""
+        request = budget_pb2.GetBudgetRequest(budget=budget_requests.budget_ref(id, tenant, name))
+        return (await self._call(self._budgets.GetBudget, request, timeout)).budget
+
+    async def list_budgets(self, *, tenant: str = "", timeout: float | None = None) -> list[budget_pb2.Budget]:
+        request = budget_pb2.ListBudgetsRequest(tenant=tenant)
+        return list((await self._call(self._budgets.ListBudgets, request, timeout)).budgets)
+
+    async def update_budget(
+        self,
+        limit_usd: float,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
+    ) -> budget_pb2.BudgetResponse:
+        """Change a budget's limit."""
+        request = budget_pb2.UpdateBudgetRequest(
+            budget=budget_requests.budget_ref(id, tenant, name),
+            limit_usd=limit_usd,
+            expected_generation=expected_generation,
+        )
+        return await self._call(self._budgets.UpdateBudget, request, timeout)
+
+    async def delete_budget(
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        expected_generation: int = 0,
+        timeout: float | None = None,
+    ) -> budget_pb2.DeleteBudgetResponse:
+        request = budget_pb2.DeleteBudgetRequest(
+            budget=budget_requests.budget_ref(id, tenant, name), expected_generation=expected_generation
+        )
+        return await self._call(self._budgets.DeleteBudget, request, timeout)
+
+    async def reserve(
+        self,
+        budget_id: str,
+        amount_usd: float,
+        *,
+        ttl_s: float | None = None,
+        tenant: str = "",
+        timeout: float | None = None,
+    ) -> budget_pb2.ReservationResponse:
+        """Hold `amount_usd` for `ttl_s` seconds (300 when None); FailedPrecondition (a CapregError with
+        code FAILED_PRECONDITION) when it does not fit in what the budget has left."""
+        request = budget_requests.reserve(budget_id, amount_usd, ttl_s=ttl_s, tenant=tenant)
+        return await self._call(self._budgets.Reserve, request, timeout)
+
+    async def commit(
+        self,
+        reservation_id: str,
+        actual_usd: float | None = None,
+        *,
+        tenant: str = "",
+        timeout: float | None = None,
+    ) -> budget_pb2.ReservationResponse:
+        """Settle a reservation with what was spent (the held amount when None)."""
+        request = budget_requests.commit(reservation_id, actual_usd, tenant=tenant)
+        return await self._call(self._budgets.Commit, request, timeout)
+
+    async def release(
+        self, reservation_id: str, *, tenant: str = "", timeout: float | None = None
+    ) -> budget_pb2.ReservationResponse:
+        request = budget_pb2.ReleaseRequest(tenant=tenant, reservation_id=reservation_id)
+        return await self._call(self._budgets.Release, request, timeout)
+
+    async def get_reservation(
+        self, reservation_id: str, *, tenant: str = "", timeout: float | None = None
+    ) -> budget_pb2.Reservation:
+        request = budget_pb2.GetReservationRequest(tenant=tenant, reservation_id=reservation_id)
+        return (await self._call(self._budgets.GetReservation, request, timeout)).reservation
