@@ -80,6 +80,9 @@ class ServerProcess:
         self.pid = self.process.pid
         self.port, self.capabilities_at_start = self._wait_until_serving(start_timeout_s)
         self.target = f"127.0.0.1:{self.port}"
+        # Authentication is on, as in production: the first start wrote a cluster-operator key here.
+        key_file = data_dir / "operator.key"
+        self.api_key = key_file.read_text().strip() if key_file.exists() else None
 
     def _wait_until_serving(self, timeout_s: float) -> tuple[int, int]:
         deadline = time.monotonic() + timeout_s

@@ -22,12 +22,14 @@ from registry.index.space_index import PlannerParams, SpaceIndex
 from registry.manifest import load_agents
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
+from registry.service.key_service import KeyService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.service.serving import ServingSpace
 from registry.store import migrate
 from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
+from registry.store.keys import KeyStore
 from registry.store.policies import PolicyStore
 from registry.store.repository import RegistryStore
 from registry.transport.convert import agent_from_proto
@@ -73,10 +75,13 @@ class App:
     policies: PolicyService
     server: GrpcServer
     budgets: BudgetService
+    keys: KeyService
     port: int = 0
+    operator_key_file: Path | None = None  # written on first start
 
     async def start(self) -> int:
         self.policies.start()
+        self.keys.start()
         self.budgets.start_sweeper()
         self.port = await self.server.start(self.settings.host, self.settings.port)
         log.info("capreg serving on %s:%d", self.settings.host, self.port)
@@ -85,6 +90,7 @@ class App:
     async def stop(self) -> None:
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.policies.stop()
+        await self.keys.stop()
         await self.budgets.stop_sweeper()
         self.engine.dispose()
 
@@ -139,6 +145,25 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     policies = PolicyService(PolicyStore(engine), refresh_s=settings.policy_refresh_s)
     await policies.load()
     budgets = BudgetService(BudgetStore(engine))
+    keys = KeyService(KeyStore(engine), refresh_s=settings.key_refresh_s)
+    await keys.load()
+    key_file = await keys.bootstrap(settings.data_dir) if settings.auth_enabled else None
+    if not settings.auth_enabled:
+        log.warning(
+            "AUTHENTICATION IS OFF: every caller acts as a cluster operator. Use this for local development only."
+        )
     discovery = DiscoveryService(serving, budgets=budgets, policies=policies.rules_for)
-    server = GrpcServer(registry, discovery, policies, budgets)
-    return App(settings, engine, store, serving, registry, discovery, policies, server, budgets)
+    server = GrpcServer(registry, discovery, policies, budgets, keys, authenticate=settings.auth_enabled)
+    return App(
+        settings,
+        engine,
+        store,
+        serving,
+        registry,
+        discovery,
+        policies,
+        server,
+        budgets,
+        keys,
+        operator_key_file=key_file,
+    )

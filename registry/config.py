@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(128, ge=8)
     exact_max_rows: int = Field(4096, ge=0)
 
+    # Authentication is on unless switched off explicitly (loudly logged; local development only).
+    auth_enabled: bool = True
+    key_refresh_s: float = Field(0.5, gt=0)  # how often other processes' key changes are picked up
     policy_refresh_s: float = Field(0.5, gt=0)  # how often other processes' policy changes are picked up
     shutdown_grace_s: float = Field(5.0, ge=0)
     max_workers: int = Field(8, ge=1)  # threads for database and embedding work

@@ -115,6 +115,7 @@ class ServerThread:
 def running_server(
     data_dir: Path, database_url: str, embedder: Embedder, *, demo: bool = False, **settings: Any
 ) -> Iterator[ServerThread]:
+    settings.setdefault("auth_enabled", False)  # the auth suites switch it on
     config = Settings(host="127.0.0.1", port=0, data_dir=data_dir, database_url=database_url, **settings)
     server = ServerThread(config, embedder, demo=demo)
     try:

@@ -26,6 +26,8 @@ TABLES = {
     "budgets",
     "budget_usage",
     "budget_reservations",
+    "api_keys",
+    "audit_log",
 }
 
 

@@ -57,7 +57,8 @@ def test_async_client_speaks_the_same_api(server: ServerThread) -> None:
 
 
 def test_serve_answers_then_shuts_down_gracefully_on_sigterm(tmp_path: Path) -> None:
-    """`capreg serve --demo` as a user runs it: port 0, SIGTERM, a clean exit."""
+    """`capreg serve --demo` as a user runs it: authentication on with a first key written for its user,
+    port 0, SIGTERM, a clean exit."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "registry.cli.main", "serve", "--demo", "--port", "0", "--data-dir", str(tmp_path)],
@@ -74,7 +75,14 @@ def test_serve_answers_then_shuts_down_gracefully_on_sigterm(tmp_path: Path) -> 
                 port = int(found.group(1))
                 break
         assert port, "the server never said it was serving"
-        with CapregClient(f"127.0.0.1:{port}") as client:
+        key_file = tmp_path / "operator.key"
+        assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+        assert any("operator.key" in line for line in process.stderr)  # it says where the first key is
+        with CapregClient(f"127.0.0.1:{port}") as anonymous:
+            with pytest.raises(CapregError) as err:
+                anonymous.discover("translate this")
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with CapregClient(f"127.0.0.1:{port}", api_key=key_file.read_text().strip()) as client:
             top = client.discover("translate this German supply contract into English").matches[0]
             assert top.agent_name == "polyglot-legal-translator"
         started = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -13,6 +14,7 @@ from registry.cli import output
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_KEY_FILE = Path(".capreg") / "operator.key"  # where `make run` writes the first operator key
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -25,7 +27,41 @@ def client_options(func: F) -> F:
         help="Server address HOST:PORT.",
     )(func)
     func = click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for an answer.")(func)
+    func = click.option(
+        "--api-key",
+        envvar="CAPREG_API_KEY",
+        expose_value=False,
+        callback=_remember,
+        help="API key (capreg_...). Default: CAPREG_API_KEY, else --api-key-file.",
+    )(func)
+    func = click.option(
+        "--api-key-file",
+        envvar="CAPREG_API_KEY_FILE",
+        type=click.Path(path_type=Path, dir_okay=False),
+        expose_value=False,
+        callback=_remember,
+        help=f"File holding the API key. Default: {DEFAULT_KEY_FILE} when it exists (written by `make run`).",
+    )(func)
     return func
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"capreg.{param.name}"] = value
+    return value
+
+
+def api_key() -> str | None:
+    """The key to send: --api-key, else the key file, else none (a server without authentication)."""
+    meta = click.get_current_context().meta
+    if meta.get("capreg.api_key"):
+        return str(meta["capreg.api_key"])
+    path = meta.get("capreg.api_key_file") or (DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else None)
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        fail(f"cannot read the API key file {path}: {exc.strerror}")
 
 
 def json_option(func: F) -> F:
@@ -39,13 +75,18 @@ def fail(message: str) -> NoReturn:
 
 def call(target: str, timeout: float, action: Callable[[CapregClient], Any]) -> Any:
     """Run `action` against the server, turning failures into messages that say what to do next."""
-    with CapregClient(target, timeout=timeout) as client:
+    with CapregClient(target, timeout=timeout, api_key=api_key()) as client:
         try:
             return action(client)
         except CapregError as error:
             hint = ""
             if error.code.name == "UNAVAILABLE":
                 hint = f" (is `capreg serve` running at {target}? start it, or pass --target)"
+            elif error.code.name == "UNAUTHENTICATED":
+                hint = (
+                    " (pass --api-key, set CAPREG_API_KEY, or point --api-key-file at a key file; the server"
+                    " writes its first operator key to operator.key in its data directory)"
+                )
             field = f" [field: {error.field}]" if error.field else ""
             fail(f"{error.code.name}: {error.message}{field}{hint}")
     return None

@@ -70,7 +70,14 @@ def cli() -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def serve(host: str, port: int, data_dir: Path, database_url: str | None, demo: bool, log_level: str) -> None:
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Switch authentication off: every caller acts as a cluster operator. Local development only.",
+)
+def serve(
+    host: str, port: int, data_dir: Path, database_url: str | None, demo: bool, log_level: str, insecure_no_auth: bool
+) -> None:
     """Serve the registry over gRPC until SIGTERM or Ctrl-C."""
     from registry.config import Settings
     from registry.domain.errors import DomainError
@@ -78,7 +85,8 @@ def serve(host: str, port: int, data_dir: Path, database_url: str | None, demo: 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "sentence_transformers", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    settings = Settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    overrides: dict[str, Any] = {"auth_enabled": False} if insecure_no_auth else {}
+    settings = Settings(host=host, port=port, data_dir=data_dir, database_url=database_url, **overrides)
     try:
         asyncio.run(_serve(settings, demo))
     except DomainError as error:
@@ -99,6 +107,18 @@ async def _serve(settings: Any, demo: bool) -> None:
         f"[green]capreg serving[/green] on {settings.host}:{port} "
         f"({app.serving.index.live_count} capabilities, database {_redact(settings.resolved_database_url())})"
     )
+    if not settings.auth_enabled:
+        output.err_console.print("[bold red]WARNING: authentication is OFF; every caller is a cluster operator[/]")
+    elif app.operator_key_file is not None:
+        output.err_console.print(
+            f"first start: a cluster-operator API key is in {app.operator_key_file} (readable by you only). "
+            f"The CLI run from {Path.cwd()} uses it by itself when the data directory is .capreg; "
+            f"elsewhere pass --api-key-file {app.operator_key_file}, or CAPREG_API_KEY=$(cat {app.operator_key_file})."
+        )
+    else:
+        key_file = settings.data_dir / "operator.key"
+        where = f" (the first one is in {key_file})" if key_file.exists() else ""
+        output.err_console.print(f"clients authenticate with an API key{where}; `capreg keys create` makes more")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,9 @@ class ErrorCode(Enum):
     CONFLICT = "conflict"  # optimistic-concurrency mismatch; retry after re-reading
     FAILED_PRECONDITION = "failed_precondition"
     UNAVAILABLE = "unavailable"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
 
 
 class DomainError(Exception):

@@ -177,7 +177,7 @@ def validate_ref(ref: AgentRef, field: str = "agent") -> AgentRef:
     """An id, or a tenant (default when empty) and a name."""
     if ref.id:
         check_text(ref.id, f"{field}.id", 64)
-        return ref
+        return AgentRef(id=ref.id, tenant=tenant_or_default(ref.tenant, f"{field}.tenant") if ref.tenant else "")
     if not ref.name:
         raise InvalidArgument(field, "give an id, or a name (and a tenant unless it is 'default')")
     check_name(ref.name, f"{field}.name")

@@ -396,6 +396,8 @@ class RegistryStore:
     def _find_agent_row(conn: Connection, ref: AgentRef, *, for_update: bool = False) -> Any:
         if ref.id:
             stmt = select(t.agents).where(t.agents.c.id == ref.id)
+            if ref.tenant:  # "" only for a cluster operator, who may look in every tenant
+                stmt = stmt.where(t.agents.c.tenant_id == ref.tenant)
             what = f"agent id {ref.id}"
         else:
             stmt = select(t.agents).where(t.agents.c.tenant_id == ref.tenant, t.agents.c.name == ref.name)

@@ -185,3 +185,31 @@ budget_reservations = Table(
     Index("ix_budget_reservations_state_expires_at", "state", "expires_at"),
     Index("ix_budget_reservations_budget_id_state", "budget_id", "state"),
 )
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the public part of the key
+    Column("tenant_id", String(63), nullable=False),  # "*" for a cluster operator
+    Column("name", String(128), nullable=False),
+    Column("roles", Json, nullable=False),
+    Column("secret_sha256", String(64), nullable=False),  # never the secret itself
+    Column("created_at", Timestamp, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", Timestamp, nullable=True),
+    Column("revoked_at", Timestamp, nullable=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", SeqInt, primary_key=True, autoincrement=True),
+    Column("at", Timestamp, nullable=False),
+    Column("tenant_id", String(63), nullable=False),
+    Column("actor", String(160), nullable=False),  # key id and name, or "local" without authentication
+    Column("action", String(64), nullable=False),  # the RPC, e.g. RegistryService.RegisterAgent
+    Column("entity", String(32), nullable=False),
+    Column("entity_id", String(160), nullable=False),
+    Column("details", Json, nullable=False),
+    Index("ix_audit_log_tenant_id_at", "tenant_id", "at"),
+)

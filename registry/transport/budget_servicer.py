@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from registry.domain.budget import (
 from registry.domain.errors import InvalidArgument
 from registry.domain.models import Caller
 from registry.service.budget_service import BudgetService
+from registry.transport.auth import scoped_tenant
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -148,6 +150,14 @@ def _reservation_response(result: ReservationWrite) -> budget_pb2.ReservationRes
 # -- the servicer ------------------------------------------------------------------------------------
 
 
+def _scoped_budget(budget: Budget) -> Budget:
+    return replace(budget, tenant=scoped_tenant(budget.tenant, "budget.tenant"))
+
+
+def _scoped_ref(ref: BudgetRef) -> BudgetRef:
+    return replace(ref, tenant=scoped_tenant(ref.tenant, "budget.tenant"))
+
+
 class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     def __init__(self, service: BudgetService):
         self._service = service
@@ -155,25 +165,25 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     async def CreateBudget(
         self, request: budget_pb2.CreateBudgetRequest, context: Context
     ) -> budget_pb2.BudgetResponse:
-        result = await self._service.create(budget_from_proto(request.budget))
+        result = await self._service.create(_scoped_budget(budget_from_proto(request.budget)))
         assert result.budget is not None
         return budget_pb2.BudgetResponse(budget=budget_to_proto(result.budget), consistency_token=result.seq)
 
     async def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: Context) -> budget_pb2.GetBudgetResponse:
-        budget = await self._service.get(ref_from_proto(request.budget))
+        budget = await self._service.get(_scoped_ref(ref_from_proto(request.budget)))
         return budget_pb2.GetBudgetResponse(budget=budget_to_proto(budget))
 
     async def ListBudgets(
         self, request: budget_pb2.ListBudgetsRequest, context: Context
     ) -> budget_pb2.ListBudgetsResponse:
-        budgets = await self._service.list(request.tenant)
+        budgets = await self._service.list(scoped_tenant(request.tenant))
         return budget_pb2.ListBudgetsResponse(budgets=[budget_to_proto(b) for b in budgets])
 
     async def UpdateBudget(
         self, request: budget_pb2.UpdateBudgetRequest, context: Context
     ) -> budget_pb2.BudgetResponse:
         result = await self._service.update_limit(
-            ref_from_proto(request.budget), request.limit_usd, request.expected_generation
+            _scoped_ref(ref_from_proto(request.budget)), request.limit_usd, request.expected_generation
         )
         assert result.budget is not None
         return budget_pb2.BudgetResponse(budget=budget_to_proto(result.budget), consistency_token=result.seq)
@@ -181,26 +191,30 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     async def DeleteBudget(
         self, request: budget_pb2.DeleteBudgetRequest, context: Context
     ) -> budget_pb2.DeleteBudgetResponse:
-        result = await self._service.delete(ref_from_proto(request.budget), request.expected_generation)
+        result = await self._service.delete(_scoped_ref(ref_from_proto(request.budget)), request.expected_generation)
         return budget_pb2.DeleteBudgetResponse(consistency_token=result.seq)
 
     async def Reserve(self, request: budget_pb2.ReserveRequest, context: Context) -> budget_pb2.ReservationResponse:
         result = await self._service.reserve(
-            Caller(tenant=request.tenant), request.budget_id, request.amount_usd, ttl_from_proto(request)
+            Caller(tenant=scoped_tenant(request.tenant)), request.budget_id, request.amount_usd, ttl_from_proto(request)
         )
         return _reservation_response(result)
 
     async def Commit(self, request: budget_pb2.CommitRequest, context: Context) -> budget_pb2.ReservationResponse:
         actual = request.actual_usd if request.HasField("actual_usd") else None
-        result = await self._service.commit(Caller(tenant=request.tenant), request.reservation_id, actual)
+        result = await self._service.commit(
+            Caller(tenant=scoped_tenant(request.tenant)), request.reservation_id, actual
+        )
         return _reservation_response(result)
 
     async def Release(self, request: budget_pb2.ReleaseRequest, context: Context) -> budget_pb2.ReservationResponse:
-        result = await self._service.release(Caller(tenant=request.tenant), request.reservation_id)
+        result = await self._service.release(Caller(tenant=scoped_tenant(request.tenant)), request.reservation_id)
         return _reservation_response(result)
 
     async def GetReservation(
         self, request: budget_pb2.GetReservationRequest, context: Context
     ) -> budget_pb2.GetReservationResponse:
-        reservation = await self._service.get_reservation(Caller(tenant=request.tenant), request.reservation_id)
+        reservation = await self._service.get_reservation(
+            Caller(tenant=scoped_tenant(request.tenant)), request.reservation_id
+        )
         return budget_pb2.GetReservationResponse(reservation=reservation_to_proto(reservation))

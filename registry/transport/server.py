@@ -8,6 +8,8 @@ from capreg.v1 import (
     budget_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     registry_pb2,
@@ -18,10 +20,13 @@ from grpc_reflection.v1alpha import reflection
 
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
+from registry.service.key_service import KeyService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
+from registry.transport.auth import AuthInterceptor
 from registry.transport.budget_servicer import BudgetServicer
 from registry.transport.errors import ErrorInterceptor
+from registry.transport.key_servicer import AuditServicer, KeyServicer
 from registry.transport.policy_servicer import PolicyServicer
 from registry.transport.servicers import DiscoveryServicer, RegistryServicer
 
@@ -31,6 +36,8 @@ SERVICE_NAMES = (
     discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
     policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -41,9 +48,12 @@ class GrpcServer:
         discovery: DiscoveryService,
         policies: PolicyService,
         budgets: BudgetService,
+        keys: KeyService,
+        authenticate: bool = True,
     ):
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            # The error interceptor is outermost, so authentication failures map like any other error.
+            interceptors=[ErrorInterceptor(), AuthInterceptor(keys if authenticate else None)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -54,6 +64,8 @@ class GrpcServer:
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryServicer(discovery), self.server)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), self.server)
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(budgets), self.server)
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys), self.server)
+        keys_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(keys), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

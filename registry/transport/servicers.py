@@ -6,26 +6,19 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
-from capreg.v1 import discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
+from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
 
+from registry.domain.models import AgentRef
 from registry.service.discovery_service import DiscoveryService
 from registry.service.registry_service import RegistryService
 from registry.transport import convert
+from registry.transport.auth import current_identity, scoped_ref_tenant, scoped_tenant
 
 Context = grpc.aio.ServicerContext[Any, Any]
-PRINCIPAL_HEADER = "x-capreg-principal"
-ROLES_HEADER = "x-capreg-roles"
 
 
-def caller_metadata(context: Context) -> tuple[str, frozenset[str]]:
-    """The caller's principal and roles, from trusted headers until API keys carry them (issue 4)."""
-    principal, roles = "", frozenset[str]()
-    for key, value in context.invocation_metadata() or ():
-        if key == PRINCIPAL_HEADER and isinstance(value, str):
-            principal = value[:128]
-        elif key == ROLES_HEADER and isinstance(value, str):
-            roles = frozenset(r.strip() for r in value.split(",")[:32] if r.strip())
-    return principal, roles
+def _scoped_ref(ref: agent_pb2.AgentRef) -> AgentRef:
+    return AgentRef(id=ref.id, tenant=scoped_ref_tenant(ref.tenant, bool(ref.id), "agent.tenant"), name=ref.name)
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -35,7 +28,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def RegisterAgent(
         self, request: registry_pb2.RegisterAgentRequest, context: Context
     ) -> registry_pb2.RegisterAgentResponse:
-        result = await self._service.register(convert.agent_from_proto(request.agent), request.expected_generation)
+        agent = convert.agent_from_proto(request.agent)
+        agent = replace(agent, tenant=scoped_tenant(agent.tenant, "agent.tenant"))
+        result = await self._service.register(agent, request.expected_generation)
         assert result.agent is not None
         return registry_pb2.RegisterAgentResponse(
             agent=convert.agent_to_proto(result.agent),
@@ -45,12 +40,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def GetAgent(self, request: registry_pb2.GetAgentRequest, context: Context) -> registry_pb2.GetAgentResponse:
-        agent = await self._service.get(convert.ref_from_proto(request.agent))
+        agent = await self._service.get(_scoped_ref(request.agent))
         return registry_pb2.GetAgentResponse(agent=convert.agent_to_proto(agent))
 
     async def ListAgents(
         self, request: registry_pb2.ListAgentsRequest, context: Context
     ) -> registry_pb2.ListAgentsResponse:
+        request.tenant = scoped_tenant(request.tenant)
         agents, token = await self._service.list(convert.list_query_from_proto(request))
         return registry_pb2.ListAgentsResponse(
             agents=[convert.agent_to_proto(a) for a in agents], next_page_token=token
@@ -61,9 +57,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.UpdateAgentStatusResponse:
         status = convert.status_from_proto(request.status, "status")
         assert status is not None
-        result = await self._service.update_status(
-            convert.ref_from_proto(request.agent), status, request.expected_generation
-        )
+        result = await self._service.update_status(_scoped_ref(request.agent), status, request.expected_generation)
         assert result.agent is not None
         return registry_pb2.UpdateAgentStatusResponse(
             agent=convert.agent_to_proto(result.agent), consistency_token=result.seq
@@ -72,7 +66,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeregisterAgent(
         self, request: registry_pb2.DeregisterAgentRequest, context: Context
     ) -> registry_pb2.DeregisterAgentResponse:
-        result = await self._service.deregister(convert.ref_from_proto(request.agent), request.expected_generation)
+        result = await self._service.deregister(_scoped_ref(request.agent), request.expected_generation)
         return registry_pb2.DeregisterAgentResponse(consistency_token=result.seq)
 
 
@@ -84,7 +78,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     async def Discover(
         self, request: discovery_pb2.DiscoverRequest, context: Context
     ) -> discovery_pb2.DiscoverResponse:
-        principal, roles = caller_metadata(context)
-        query = replace(convert.discover_query_from_proto(request), principal=principal, roles=roles)
+        identity = current_identity()
+        query = convert.discover_query_from_proto(request)
+        query = replace(query, tenant=scoped_tenant(query.tenant), principal=identity.name, roles=identity.roles)
         result = await self._service.discover(query)
         return convert.discover_result_to_proto(result, self._capabilities)

@@ -12,6 +12,8 @@ from capreg.v1 import (
     budget_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     registry_pb2,
@@ -33,15 +35,20 @@ class AsyncCapregClient:
         target: str = "127.0.0.1:50051",
         *,
         timeout: float = 10.0,
+        api_key: str | None = None,
         channel: grpc.aio.Channel | None = None,
     ):
         self.target = target
         self.timeout = timeout
+        # Sent with every call; an insecure channel cannot carry call credentials, so this is metadata.
+        self._auth: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._channel = channel or grpc.aio.insecure_channel(target)
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._policies = policy_pb2_grpc.PolicyServiceStub(self._channel)
+        self._keys = keys_pb2_grpc.KeyServiceStub(self._channel)
+        self._audit = keys_pb2_grpc.AuditServiceStub(self._channel)
         self._budgets = budget_pb2_grpc.BudgetServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncCapregClient:
@@ -57,7 +64,7 @@ class AsyncCapregClient:
         self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None, metadata: Any = None
     ) -> T:
         try:
-            return await method(request, timeout=timeout or self.timeout, metadata=metadata)
+            return await method(request, timeout=timeout or self.timeout, metadata=self._auth + tuple(metadata or ()))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -310,3 +317,30 @@ class AsyncCapregClient:
     ) -> budget_pb2.Reservation:
         request = budget_pb2.GetReservationRequest(tenant=tenant, reservation_id=reservation_id)
         return (await self._call(self._budgets.GetReservation, request, timeout)).reservation
+
+    # -- keys and audit ------------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        name: str,
+        roles: Sequence[str],
+        *,
+        tenant: str = "",
+        expire_time: Any = None,
+        timeout: float | None = None,
+    ) -> keys_pb2.CreateKeyResponse:
+        """A new API key; `response.token` is the secret, shown this once."""
+        request = keys_pb2.CreateKeyRequest(tenant=tenant, name=name, roles=list(roles), expire_time=expire_time)
+        return await self._call(self._keys.CreateKey, request, timeout)
+
+    async def list_keys(self, tenant: str = "", *, timeout: float | None = None) -> list[keys_pb2.ApiKey]:
+        return list((await self._call(self._keys.ListKeys, keys_pb2.ListKeysRequest(tenant=tenant), timeout)).keys)
+
+    async def revoke_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        return (await self._call(self._keys.RevokeKey, keys_pb2.RevokeKeyRequest(id=key_id), timeout)).key
+
+    async def list_audit(
+        self, tenant: str = "", *, limit: int = 0, before_id: int = 0, timeout: float | None = None
+    ) -> list[keys_pb2.AuditEntry]:
+        request = keys_pb2.ListAuditRequest(tenant=tenant, limit=limit, before_id=before_id)
+        return list((await self._call(self._audit.ListAudit, request, timeout)).entries)

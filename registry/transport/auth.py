@@ -1,0 +1,154 @@
+"""Authentication and authorization of every RPC, in one place, plus the audit record of every write.
+
+The interceptor turns the bearer token into an Identity, checks the RPC's roles, and makes the
+identity available to the servicers (`current_identity()`), which scope every request to its tenant."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from registry.domain.auth import LOCAL, OPEN_PREFIXES, Identity, Unauthenticated, authorize
+from registry.service.key_service import KeyService
+
+log = logging.getLogger(__name__)
+_identity: ContextVar[Identity] = ContextVar("capreg_identity", default=LOCAL)
+PRINCIPAL_HEADER = "x-capreg-principal"
+ROLES_HEADER = "x-capreg-roles"
+
+# Writes that are audited, and the request field that names what they change.
+AUDITED: dict[str, tuple[str, str]] = {
+    "/capreg.v1.RegistryService/RegisterAgent": ("agent", "agent.name"),
+    "/capreg.v1.RegistryService/UpdateAgentStatus": ("agent", "agent"),
+    "/capreg.v1.RegistryService/DeregisterAgent": ("agent", "agent"),
+    "/capreg.v1.PolicyService/CreatePolicy": ("policy", "policy.name"),
+    "/capreg.v1.PolicyService/UpdatePolicy": ("policy", "policy.name"),
+    "/capreg.v1.PolicyService/DeletePolicy": ("policy", "policy"),
+    "/capreg.v1.PolicyService/UpdateTenantSettings": ("tenant", "settings.tenant"),
+    "/capreg.v1.BudgetService/CreateBudget": ("budget", "budget.name"),
+    "/capreg.v1.BudgetService/UpdateBudget": ("budget", "budget"),
+    "/capreg.v1.BudgetService/DeleteBudget": ("budget", "budget"),
+    "/capreg.v1.KeyService/CreateKey": ("api_key", "name"),
+    "/capreg.v1.KeyService/RevokeKey": ("api_key", "id"),
+}
+# Never copied into the audit log.
+SECRET_FIELDS = {"token"}
+
+
+def current_identity() -> Identity:
+    return _identity.get()
+
+
+def scoped_tenant(requested: str, field: str = "tenant") -> str:
+    """The tenant this call may act on (PERMISSION_DENIED for another tenant's, unless cluster operator)."""
+    return _identity.get().tenant_for(requested, field)
+
+
+def scoped_ref_tenant(requested: str, by_id: bool, field: str = "tenant") -> str:
+    """For a lookup by id, a cluster operator who names no tenant looks in every tenant ("")."""
+    identity = _identity.get()
+    if by_id and identity.is_cluster_operator and not requested:
+        return ""
+    return identity.tenant_for(requested, field)
+
+
+def bearer_token(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated("send the API key as `authorization: Bearer capreg_...`")
+            return token.strip()
+    return None
+
+
+def header_identity(metadata: Any) -> Identity:
+    """Without authentication (local development), trusted headers may name a principal and roles."""
+    principal, roles = LOCAL.name, LOCAL.roles
+    for key, value in metadata or ():
+        if key == PRINCIPAL_HEADER and isinstance(value, str):
+            principal = value[:128]
+        elif key == ROLES_HEADER and isinstance(value, str):
+            roles = frozenset(r.strip() for r in value.split(",")[:32] if r.strip()) | LOCAL.roles
+    return Identity(key_id="", tenant=LOCAL.tenant, name=principal, roles=roles)
+
+
+def _describe(request: Message, path: str) -> str:
+    value: Any = request
+    for part in path.split("."):
+        value = getattr(value, part, "")
+    if isinstance(value, Message):
+        return "/".join(str(getattr(value, f)) for f in ("tenant", "name", "id") if getattr(value, f, ""))
+    return str(value)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """`keys` None means authentication is off: every caller is LOCAL (a cluster operator)."""
+
+    def __init__(self, keys: KeyService | None):
+        self._keys = keys
+
+    def identify(self, metadata: Any) -> Identity:
+        if self._keys is None:
+            return header_identity(metadata)
+        token = bearer_token(metadata)
+        if token is None:
+            raise Unauthenticated("this server needs an API key: send `authorization: Bearer capreg_...`")
+        return self._keys.authenticate(token)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES) or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        metadata = handler_call_details.invocation_metadata
+        audited = AUDITED.get(method)
+
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            identity = self.identify(metadata)
+            authorize(identity, method)
+            token = _identity.set(identity)
+            try:
+                response = await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio
+            finally:
+                _identity.reset(token)
+            if audited is not None and self._keys is not None:
+                await self._audit(identity, method, audited, request)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            authenticated,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _audit(self, identity: Identity, method: str, audited: tuple[str, str], request: Message) -> None:
+        assert self._keys is not None
+        entity, path = audited
+        details = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        for field in SECRET_FIELDS:
+            details.pop(field, None)
+        tenant = identity.tenant
+        if identity.is_cluster_operator:
+            head = getattr(request, path.split(".")[0], None)
+            tenant = getattr(request, "tenant", "") or (
+                getattr(head, "tenant", "") if isinstance(head, Message) else ""
+            )
+            tenant = tenant or "default"
+        try:
+            await self._keys.audit(
+                identity, tenant, method.rsplit("/", 2)[-1], entity, _describe(request, path), details
+            )
+        except Exception:  # the change is committed; losing its audit row is logged loudly, not hidden
+            log.exception("could not write the audit record of %s by %s", method, identity.actor)
