@@ -485,8 +485,9 @@ which the target does not cover: {r["discover_filtered"]["p50"]:.2f}x.)
 
 - **Server:** the real `capreg serve --port 0` in its own process (so the load generator does not share
   its GIL), {c["database"]}, default settings (HNSW M={DEFAULTS.hnsw_m}, ef_search={DEFAULTS.hnsw_ef_search},
-  exact scoring at or below {DEFAULTS.exact_max_rows}
-  allowed rows). The server loads the embedding model as in production, but never calls it: every
+  exact scoring up to {DEFAULTS.exact_always_rows} allowed rows, or up to {DEFAULTS.exact_max_rows} when
+  under {DEFAULTS.hnsw_min_selectivity:.0%} of the catalog is allowed). The server loads the embedding model
+  as in production, but never calls it: every
   capability brings its own vector and every query is a vector.
 - **Catalog:** {c["agents"]:,} agents x {CAPS_PER_AGENT} capabilities = {c["capabilities"]:,} capabilities,
   each with a {c["dim"]}-d unit vector drawn around one of {max(1, c["capabilities"] // CLUSTER_SIZE)} topic

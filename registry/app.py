@@ -134,7 +134,11 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             ef_construction=settings.hnsw_ef_construction,
             ef_search=settings.hnsw_ef_search,
         ),
-        PlannerParams(exact_max_rows=settings.exact_max_rows),
+        PlannerParams(
+            exact_always_rows=settings.exact_always_rows,
+            exact_max_rows=settings.exact_max_rows,
+            hnsw_min_selectivity=settings.hnsw_min_selectivity,
+        ),
     )
     watermark = await asyncio.to_thread(store.watermark)
     entries = await asyncio.to_thread(lambda: list(store.catalog(space.id)))

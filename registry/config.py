@@ -32,7 +32,12 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=16)
     hnsw_ef_search: int = Field(128, ge=8)
-    exact_max_rows: int = Field(4096, ge=0)
+    # The planner (see docs/benchmarks.md): exact scoring up to exact_always_rows allowed rows, and up to
+    # exact_max_rows when under hnsw_min_selectivity of the catalog is allowed (post-filtered HNSW loses
+    # recall there); HNSW with oversampling otherwise.
+    exact_always_rows: int = Field(4096, ge=0)
+    exact_max_rows: int = Field(16384, ge=0)
+    hnsw_min_selectivity: float = Field(0.2, ge=0, le=1)
 
     # Authentication is on unless switched off explicitly (loudly logged; local development only).
     auth_enabled: bool = True

@@ -23,3 +23,16 @@ def test_discover_benchmark_smoke() -> None:
     for workload in ("null", "discover", "discover_filtered"):
         assert summary["serial"][workload]["n"] == 200
         assert summary["throughput"][workload]["calls"] > 0
+
+
+def test_filtered_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "discover_filtered.py"), "--smoke", "--no-docs"],
+        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert [s["selectivity_pct"] for s in summary["steps"]] == [0.01, 0.1, 1, 10, 50, 100]
+    for step in summary["steps"]:
+        assert step["recall_at_10"] >= 0.99, step
+        assert step["server_allowed_rows"] == [step["allowed_rows"]], step
+        assert sum(step["plans"].values()) == step["latency"]["n"]

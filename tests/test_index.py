@@ -70,7 +70,7 @@ def recall(found: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> float:
 @pytest.fixture(scope="module")
 def big_index() -> tuple[SpaceIndex, npt.NDArray[np.float32]]:
     vectors = clustered(4000, 384, seed=7)
-    index = SpaceIndex(384, HnswParams(initial_capacity=64), PlannerParams(exact_max_rows=0))
+    index = SpaceIndex(384, HnswParams(initial_capacity=64), PlannerParams(exact_always_rows=0, exact_max_rows=0))
     entries = [
         entry(v, tags=("even",) if i % 2 == 0 else ("rare",) if i % 100 == 1 else ()) for i, v in enumerate(vectors)
     ]
@@ -112,7 +112,7 @@ def test_filtered_search_is_never_short_and_stays_accurate(
 
 def test_planner_goes_exact_for_small_candidate_sets() -> None:
     vectors = clustered(300, 16, seed=1)
-    index = SpaceIndex(16, planner=PlannerParams(exact_max_rows=100))
+    index = SpaceIndex(16, planner=PlannerParams(exact_always_rows=100, exact_max_rows=100))
     index.bulk_load([entry(v, tags=("few",) if i < 50 else ()) for i, v in enumerate(vectors)], watermark=1)
     few, _ = constraint_mask(index.columns, index.size, "default", DiscoverFilters(tags_all=("few",)), 0, 0)
     everything, _ = constraint_mask(index.columns, index.size, "default", DiscoverFilters(), 0, 0)
@@ -153,7 +153,9 @@ class IndexMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.index = SpaceIndex(DIM, HnswParams(initial_capacity=4, ef_search=64), PlannerParams(exact_max_rows=3))
+        self.index = SpaceIndex(
+            DIM, HnswParams(initial_capacity=4, ef_search=64), PlannerParams(exact_always_rows=3, exact_max_rows=3)
+        )
         self.model: dict[str, tuple[npt.NDArray[np.float32], AgentStatus, str]] = {}
         self.removed: set[str] = set()
         self.seq = 0

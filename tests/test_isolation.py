@@ -153,7 +153,7 @@ def test_answers_never_hold_what_the_caller_may_not_use(
     k: int,
     exact_max_rows: int,
 ) -> None:
-    index = SpaceIndex(DIM, planner=PlannerParams(exact_max_rows=exact_max_rows))
+    index = SpaceIndex(DIM, planner=PlannerParams(exact_always_rows=exact_max_rows, exact_max_rows=exact_max_rows))
     index.apply(CatalogChange(seq=1, upserts=tuple(catalog)))
     rules = TenantPolicies(default, tuple(p for p in policies if p.tenant == caller.tenant))
     rule_mask = policy_mask(index.columns, index.size, rules, caller, task)

@@ -17,7 +17,9 @@ from registry.index.hnsw import HnswGraph, HnswParams
 
 @dataclass(frozen=True, slots=True)
 class PlannerParams:
-    exact_max_rows: int = 4096  # at or below this many allowed rows, score them all exactly
+    exact_always_rows: int = 4096  # this few allowed rows: exact scoring is cheaper than any graph walk
+    exact_max_rows: int = 16384  # up to this many, exact too unless the filter is loose (below)
+    hnsw_min_selectivity: float = 0.2  # a filter this loose post-filters HNSW results without losing recall
     oversample: float = 1.5  # extra HNSW candidates beyond k / selectivity
     max_rounds: int = 4  # widenings before falling back to exact
 
@@ -92,10 +94,12 @@ class SpaceIndex:
         if k == 0:
             return SearchResult(np.empty(0, np.int64), np.empty(0, np.float32), "empty")
         query = _unit(query)
-        if allowed <= self.planner.exact_max_rows:
+        selectivity = allowed / max(self.live_count, 1)
+        if allowed <= self.planner.exact_always_rows or (
+            allowed <= self.planner.exact_max_rows and selectivity < self.planner.hnsw_min_selectivity
+        ):
             rows, sims = exact.top_k(self.vectors, np.flatnonzero(mask), query, k)
             return SearchResult(rows, sims, "exact")
-        selectivity = allowed / max(self.live_count, 1)
         fetch = (
             k if selectivity >= 1.0 else min(self.live_count, math.ceil(k / selectivity * self.planner.oversample) + k)
         )
