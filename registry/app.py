@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -30,6 +32,7 @@ from registry.store import migrate
 from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
 from registry.store.keys import KeyStore
+from registry.store.notify import ChangeListener
 from registry.store.policies import PolicyStore
 from registry.store.repository import RegistryStore
 from registry.transport.convert import agent_from_proto
@@ -78,10 +81,19 @@ class App:
     keys: KeyService
     port: int = 0
     operator_key_file: Path | None = None  # written on first start
+    listener: ChangeListener | None = None
+    _tasks: set[asyncio.Future[bool]] = field(default_factory=set)
 
     async def start(self) -> int:
         self.policies.start()
         self.keys.start()
+        if not self.settings.is_embedded():
+            loop = asyncio.get_running_loop()
+            self.listener = ChangeListener(
+                self.settings.resolved_database_url(),
+                lambda entity: loop.call_soon_threadsafe(self._changed_elsewhere, entity),
+            )
+            self.listener.start()
         self.budgets.start_sweeper()
         self.port = await self.server.start(self.settings.host, self.settings.port)
         log.info("capreg serving on %s:%d", self.settings.host, self.port)
@@ -89,10 +101,27 @@ class App:
 
     async def stop(self) -> None:
         await self.server.stop(self.settings.shutdown_grace_s)
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.stop)
         await self.policies.stop()
         await self.keys.stop()
         await self.budgets.stop_sweeper()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Let database work already handed to threads finish before the pool goes away.
+        await asyncio.get_running_loop().shutdown_default_executor()
         self.engine.dispose()
+
+    def _changed_elsewhere(self, entity: str) -> None:
+        """Another process committed a change: refresh what we cache now, not at the next poll."""
+        if entity in ("policy", "*"):
+            self._background(self.policies.refresh_if_changed())
+        if entity in ("api_key", "*"):
+            self._background(self.keys.refresh_if_changed())
+
+    def _background(self, work: Coroutine[Any, Any, bool]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def load_demo_if_empty(self) -> int:
         """Register the demo catalog into an empty registry; returns how many agents were added."""

@@ -3,6 +3,7 @@ every server process."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -172,7 +173,8 @@ def test_crud_generations_and_validation(client: CapregClient) -> None:
 def test_a_change_reaches_every_server_process(
     pg_database: str, tmp_path: Path, embedder: SentenceTransformerEmbedder
 ) -> None:
-    """Two servers on one PostgreSQL: a policy written through one applies on the other once it polls."""
+    """Two servers on one PostgreSQL, polling switched off: a policy written through one reaches the other
+    through LISTEN/NOTIFY, without waiting for a poll."""
     from tests.support import empty_tables, migrated_engine
 
     engine = migrated_engine(pg_database)
@@ -185,16 +187,17 @@ def test_a_change_reaches_every_server_process(
         CapregClient(b.target) as client_b,
     ):
         client_a.register_agent(make_agent("far", make_capability("summarize", regions=["us-east-1"])))
-        client_a.create_policy(
+        created = client_a.create_policy(
             policy_pb2.Policy(name="eu-only", effect=DENY, subject=EVERYONE,
                               target=policy_pb2.PolicyTarget(regions_outside=["eu-west-1"]))
         )  # fmt: skip
         assert names(client_a) == []  # the writer applies it on its next Discover
-        assert b.run(b.app.policies.refresh_if_changed())  # what b's poller does every policy_refresh_s
+        # b learns of it from the notification: wait (bounded) until its rule book holds the write.
+        b.run(asyncio.wait_for(b.app.policies.wait_until(created.consistency_token), timeout=20))
         assert b.app.policies.rules_for("default").policies[0].name == "eu-only"
-        assert not b.run(b.app.policies.refresh_if_changed())
         # b's index does not follow a's agent writes yet (issue 5), so b judges its own agents:
         client_b.register_agent(make_agent("near", make_capability("summarize", regions=["eu-west-1"])))
+        client_b.register_agent(make_agent("far-b", make_capability("summarize", regions=["us-east-1"])))
         assert names(client_b) == ["near"]
 
 

@@ -29,6 +29,7 @@ class PolicyService:
         self._book: dict[str, TenantPolicies] = {}
         self._seq = -1
         self._lock = asyncio.Lock()
+        self._loaded = asyncio.Condition()
         self._poller: asyncio.Task[None] | None = None
 
     def rules_for(self, tenant: str) -> TenantPolicies:
@@ -40,6 +41,13 @@ class PolicyService:
         async with self._lock:
             if seq >= self._seq:
                 self._book, self._seq = book, seq
+        async with self._loaded:
+            self._loaded.notify_all()
+
+    async def wait_until(self, seq: int) -> None:
+        """Until the rule book reflects change `seq` (a write's consistency token)."""
+        async with self._loaded:
+            await self._loaded.wait_for(lambda: self._seq >= seq)
 
     async def refresh_if_changed(self) -> bool:
         """Reload when the change log has a policy change newer than the book."""

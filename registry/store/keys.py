@@ -10,6 +10,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from registry.domain.auth import ApiKey
 from registry.domain.errors import NotFound
 from registry.store import tables as t
+from registry.store.notify import notify
 from registry.store.repository import now_utc
 from registry.store.rows import utc
 
@@ -118,6 +119,7 @@ class KeyStore:
 
     @staticmethod
     def _log(conn: Any, tenant: str, key_id: str, op: str) -> int:
+        notify(conn, "api_key")
         key = conn.execute(
             insert(t.change_log).values(
                 tenant_id=tenant, entity="api_key", entity_id=key_id, op=op, created_at=now_utc()

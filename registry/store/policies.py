@@ -22,6 +22,7 @@ from registry.domain.policy import (
     TenantPolicies,
 )
 from registry.store import tables as t
+from registry.store.notify import notify
 from registry.store.repository import RegistryStore, now_utc
 from registry.store.rows import utc
 
@@ -185,6 +186,7 @@ class PolicyStore:
 
     @staticmethod
     def _log(conn: Connection, tenant: str, entity_id: str, op: str, entity: str = "policy") -> int:
+        notify(conn, "policy")
         key = conn.execute(
             insert(t.change_log).values(
                 tenant_id=tenant, entity=entity, entity_id=entity_id, op=op, created_at=now_utc()
