@@ -95,7 +95,7 @@ class App:
             )
             self.listener.start()
         self.budgets.start_sweeper()
-        self.port = await self.server.start(self.settings.host, self.settings.port)
+        self.port = await self.server.start(self.settings.host, self.settings.port, self.settings.tls())
         log.info("capreg serving on %s:%d", self.settings.host, self.port)
         return self.port
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -10,6 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from registry.embedding.sentence import MINILM_SHA256
 from registry.embedding.template import DEFAULT_TEMPLATE
 from registry.store.engine import sqlite_url
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # when set, clients must present a certificate it signed (mTLS)
 
 
 class Settings(BaseSettings):
@@ -39,12 +47,25 @@ class Settings(BaseSettings):
     exact_max_rows: int = Field(16384, ge=0)
     hnsw_min_selectivity: float = Field(0.2, ge=0, le=1)
 
+    # TLS: certificate chain and key (PEM); with a client CA, clients must present certificates (mTLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
     # Authentication is on unless switched off explicitly (loudly logged; local development only).
     auth_enabled: bool = True
     key_refresh_s: float = Field(0.5, gt=0)  # how often other processes' key changes are picked up
     policy_refresh_s: float = Field(0.5, gt=0)  # how often other processes' policy changes are picked up
     shutdown_grace_s: float = Field(5.0, ge=0)
     max_workers: int = Field(8, ge=1)  # threads for database and embedding work
+
+    def tls(self) -> TlsFiles | None:
+        if self.tls_cert_file is None and self.tls_key_file is None:
+            if self.tls_client_ca_file is not None:
+                raise ValueError("a client CA (mTLS) needs the server's own certificate and key too")
+            return None
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            raise ValueError("TLS needs both a certificate and its private key")
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
 
     def resolved_database_url(self) -> str:
         return self.database_url or sqlite_url(self.data_dir)

@@ -42,7 +42,36 @@ def client_options(func: F) -> F:
         callback=_remember,
         help=f"File holding the API key. Default: {DEFAULT_KEY_FILE} when it exists (written by `make run`).",
     )(func)
+    for flag, envvar, what in (
+        ("--tls-ca", "CAPREG_TLS_CA", "CA certificate (PEM) to verify a TLS server; turns TLS on."),
+        ("--tls-cert", "CAPREG_TLS_CERT", "Client certificate (PEM) for a server that requires mTLS."),
+        ("--tls-key", "CAPREG_TLS_KEY", "Private key (PEM) of --tls-cert."),
+    ):
+        func = click.option(
+            flag,
+            envvar=envvar,
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            expose_value=False,
+            callback=_remember,
+            help=what,
+        )(func)
     return func
+
+
+def tls_options() -> dict[str, Any]:
+    """Client keyword arguments for TLS from --tls-ca, --tls-cert and --tls-key."""
+    meta = click.get_current_context().meta
+    ca, cert, key = (meta.get(f"capreg.{name}") for name in ("tls_ca", "tls_cert", "tls_key"))
+    if (cert is None) != (key is None):
+        fail("--tls-cert and --tls-key go together")
+    if not (ca or cert):
+        return {}
+    return {
+        "tls": True,
+        "root_certificates": Path(ca).read_bytes() if ca else None,
+        "certificate_chain": Path(cert).read_bytes() if cert else None,
+        "private_key": Path(key).read_bytes() if key else None,
+    }
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -75,7 +104,7 @@ def fail(message: str) -> NoReturn:
 
 def call(target: str, timeout: float, action: Callable[[CapregClient], Any]) -> Any:
     """Run `action` against the server, turning failures into messages that say what to do next."""
-    with CapregClient(target, timeout=timeout, api_key=api_key()) as client:
+    with CapregClient(target, timeout=timeout, api_key=api_key(), **tls_options()) as client:
         try:
             return action(client)
         except CapregError as error:

@@ -18,6 +18,7 @@ from capreg.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from registry.config import TlsFiles
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.key_service import KeyService
@@ -77,9 +78,18 @@ class GrpcServer:
             self.server,
         )
 
-    async def start(self, host: str, port: int) -> int:
-        """Bind and start; returns the bound port (useful when `port` is 0)."""
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+    async def start(self, host: str, port: int, tls: TlsFiles | None = None) -> int:
+        """Bind (with TLS, and client certificates when a client CA is given) and start; returns the
+        bound port (useful when `port` is 0)."""
+        if tls is None:
+            bound = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+                require_client_auth=tls.client_ca is not None,
+            )
+            bound = self.server.add_secure_port(f"{host}:{port}", credentials)
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}; is another server using it? Pick one with --port")
         await self.server.start()

@@ -36,12 +36,20 @@ class AsyncCapregClient:
         *,
         timeout: float = 10.0,
         api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
         channel: grpc.aio.Channel | None = None,
     ):
         self.target = target
         self.timeout = timeout
         # Sent with every call; an insecure channel cannot carry call credentials, so this is metadata.
         self._auth: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        if channel is None and (tls or root_certificates or certificate_chain):
+            # TLS (with a client certificate for mTLS); root_certificates None means the system's roots.
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            channel = grpc.aio.secure_channel(target, credentials)
         self._channel = channel or grpc.aio.insecure_channel(target)
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
