@@ -24,6 +24,7 @@ from rich.progress import (
 from registry.cli import output
 from registry.cli.budgets import budgets
 from registry.cli.common import CONTEXT, call, client_options, fail, json_option
+from registry.cli.keys import audit, keys
 from registry.cli.policies import policies
 from registry.manifest import ManifestError, load_agents
 
@@ -71,12 +72,39 @@ def cli() -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="CAPREG_TLS_CERT_FILE",
+    help="Serve TLS with this certificate chain (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="CAPREG_TLS_KEY_FILE",
+    help="Private key (PEM) of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="CAPREG_TLS_CLIENT_CA_FILE",
+    help="Require client certificates signed by this CA (mTLS).",
+)
+@click.option(
     "--insecure-no-auth",
     is_flag=True,
     help="Switch authentication off: every caller acts as a cluster operator. Local development only.",
 )
 def serve(
-    host: str, port: int, data_dir: Path, database_url: str | None, demo: bool, log_level: str, insecure_no_auth: bool
+    host: str,
+    port: int,
+    data_dir: Path,
+    database_url: str | None,
+    demo: bool,
+    log_level: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    insecure_no_auth: bool,
 ) -> None:
     """Serve the registry over gRPC until SIGTERM or Ctrl-C."""
     from registry.config import Settings
@@ -86,7 +114,20 @@ def serve(
     for noisy in ("alembic", "sentence_transformers", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     overrides: dict[str, Any] = {"auth_enabled": False} if insecure_no_auth else {}
-    settings = Settings(host=host, port=port, data_dir=data_dir, database_url=database_url, **overrides)
+    settings = Settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        tls_client_ca_file=tls_client_ca,
+        **overrides,
+    )
+    try:
+        settings.tls()
+    except ValueError as error:
+        fail(f"{error}: pass --tls-cert and --tls-key (and --tls-client-ca for mTLS)")
     try:
         asyncio.run(_serve(settings, demo))
     except DomainError as error:
@@ -407,6 +448,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 
 cli.add_command(policies)
 cli.add_command(budgets)
+cli.add_command(keys)
+cli.add_command(audit)
 
 
 def main() -> None:

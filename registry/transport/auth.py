@@ -22,7 +22,8 @@ _identity: ContextVar[Identity] = ContextVar("capreg_identity", default=LOCAL)
 PRINCIPAL_HEADER = "x-capreg-principal"
 ROLES_HEADER = "x-capreg-roles"
 
-# Writes that are audited, and the request field that names what they change.
+# Writes that are audited, and the request field (or, prefixed "response.", the answer's) that names what
+# they change.
 AUDITED: dict[str, tuple[str, str]] = {
     "/capreg.v1.RegistryService/RegisterAgent": ("agent", "agent.name"),
     "/capreg.v1.RegistryService/UpdateAgentStatus": ("agent", "agent"),
@@ -34,7 +35,7 @@ AUDITED: dict[str, tuple[str, str]] = {
     "/capreg.v1.BudgetService/CreateBudget": ("budget", "budget.name"),
     "/capreg.v1.BudgetService/UpdateBudget": ("budget", "budget"),
     "/capreg.v1.BudgetService/DeleteBudget": ("budget", "budget"),
-    "/capreg.v1.KeyService/CreateKey": ("api_key", "name"),
+    "/capreg.v1.KeyService/CreateKey": ("api_key", "response.key.id"),  # the id RevokeKey will name
     "/capreg.v1.KeyService/RevokeKey": ("api_key", "id"),
 }
 # Never copied into the audit log.
@@ -88,6 +89,36 @@ def _describe(request: Message, path: str) -> str:
     return str(value)
 
 
+def _tenant_of(message: Message) -> str:
+    """The `tenant` of a message, or of the first message field that has one."""
+    tenant = getattr(message, "tenant", "")
+    if isinstance(tenant, str) and tenant:
+        return tenant
+    for _, value in message.ListFields():
+        inner = getattr(value, "tenant", "") if isinstance(value, Message) else ""
+        if isinstance(inner, str) and inner:
+            return inner
+    return ""
+
+
+def _closed(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind that refuses every call."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is a streaming RPC, closed to API keys")
+
+    kind = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.stream_unary_rpc_method_handler
+        if handler.stream_unary is not None
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return kind(
+        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """`keys` None means authentication is off: every caller is LOCAL (a cluster operator)."""
 
@@ -109,8 +140,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES) or handler.unary_unary is None:
+        if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
+        if handler.unary_unary is None:
+            # Only unary RPCs are authenticated so far: a streaming one stays closed until this learns it.
+            return handler if self._keys is None else _closed(handler, method)
         inner = handler.unary_unary
         metadata = handler_call_details.invocation_metadata
         audited = AUDITED.get(method)
@@ -124,7 +158,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 _identity.reset(token)
             if audited is not None and self._keys is not None:
-                await self._audit(identity, method, audited, request)
+                await self._audit(identity, method, audited, request, response)
             return response
 
         return grpc.unary_unary_rpc_method_handler(
@@ -133,7 +167,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    async def _audit(self, identity: Identity, method: str, audited: tuple[str, str], request: Message) -> None:
+    async def _audit(
+        self, identity: Identity, method: str, audited: tuple[str, str], request: Message, response: Message
+    ) -> None:
         assert self._keys is not None
         entity, path = audited
         details = json_format.MessageToDict(request, preserving_proto_field_name=True)
@@ -141,14 +177,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             details.pop(field, None)
         tenant = identity.tenant
         if identity.is_cluster_operator:
-            head = getattr(request, path.split(".")[0], None)
-            tenant = getattr(request, "tenant", "") or (
-                getattr(head, "tenant", "") if isinstance(head, Message) else ""
-            )
-            tenant = tenant or "default"
+            # The tenant changed: the answer's (a change by id alone names none), else the request's.
+            tenant = _tenant_of(response) or _tenant_of(request) or "default"
+        source = response if path.startswith("response.") else request
         try:
             await self._keys.audit(
-                identity, tenant, method.rsplit("/", 2)[-1], entity, _describe(request, path), details
+                identity,
+                tenant,
+                method.rsplit("/", 2)[-1],
+                entity,
+                _describe(source, path.removeprefix("response.")),
+                details,
             )
         except Exception:  # the change is committed; losing its audit row is logged loudly, not hidden
             log.exception("could not write the audit record of %s by %s", method, identity.actor)
