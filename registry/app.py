@@ -186,7 +186,9 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             "AUTHENTICATION IS OFF: every caller acts as a cluster operator. Use this for local development only."
         )
     discovery = DiscoveryService(serving, budgets=budgets, policies=policies.rules_for)
-    server = GrpcServer(registry, discovery, policies, budgets, keys, authenticate=settings.auth_enabled)
+    server = GrpcServer(
+        registry, discovery, policies, budgets, keys, authenticate=settings.auth_enabled, limits=settings.limits()
+    )
     return App(
         settings,
         engine,

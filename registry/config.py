@@ -20,6 +20,14 @@ class TlsFiles:
     client_ca: Path | None = None  # when set, clients must present a certificate it signed (mTLS)
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_call_s: float = 60.0  # no call runs longer, whatever deadline it carries
+    calls_per_s_per_key: float = 2000.0  # 0: unlimited
+    burst_per_key: float = 4000.0
+
+
 class Settings(BaseSettings):
     """Every setting can come from a CAPREG_* environment variable or a CLI flag."""
 
@@ -56,6 +64,14 @@ class Settings(BaseSettings):
     key_refresh_s: float = Field(0.5, gt=0)  # how often other processes' key changes are picked up
     policy_refresh_s: float = Field(0.5, gt=0)  # how often other processes' policy changes are picked up
     shutdown_grace_s: float = Field(5.0, ge=0)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_call_s: float = Field(60.0, gt=0)
+    rate_limit_per_key: float = Field(2000.0, ge=0)  # calls per second per API key; 0 turns it off
+    rate_burst_per_key: float = Field(4000.0, ge=1)
+
+    def limits(self) -> ServerLimits:
+        return ServerLimits(self.max_message_bytes, self.max_call_s, self.rate_limit_per_key, self.rate_burst_per_key)
+
     max_workers: int = Field(8, ge=1)  # threads for database and embedding work
 
     def tls(self) -> TlsFiles | None:

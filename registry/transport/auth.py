@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from registry.domain.auth import LOCAL, OPEN_PREFIXES, Identity, Unauthenticated, authorize
 from registry.service.key_service import KeyService
+from registry.transport.limits import RateLimiter
 
 log = logging.getLogger(__name__)
 _identity: ContextVar[Identity] = ContextVar("capreg_identity", default=LOCAL)
@@ -122,8 +123,9 @@ def _closed(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMe
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """`keys` None means authentication is off: every caller is LOCAL (a cluster operator)."""
 
-    def __init__(self, keys: KeyService | None):
+    def __init__(self, keys: KeyService | None, limiter: RateLimiter | None = None):
         self._keys = keys
+        self._limiter = limiter
 
     def identify(self, metadata: Any) -> Identity:
         if self._keys is None:
@@ -152,6 +154,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             identity = self.identify(metadata)
             authorize(identity, method)
+            if self._limiter is not None and identity.key_id:
+                self._limiter.take(identity.key_id)
             token = _identity.set(identity)
             try:
                 response = await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,11 @@ class _Undecodable:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Also caps how long any call may run (`max_call_s`), whatever deadline the caller sent."""
+
+    def __init__(self, max_call_s: float = 60.0):
+        self._max_call_s = max_call_s
+
     """Maps DomainError to its status; any other exception to INTERNAL with an id to find it in the log."""
 
     async def intercept_service(
@@ -84,10 +90,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 )
                 status = rpc_status.to_status(status_for(error))
                 await context.abort(status.code, status.details, status.trailing_metadata)
+            remaining = context.time_remaining()
+            budget = self._max_call_s if remaining is None else min(remaining, self._max_call_s)
             try:
-                return await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio
+                async with asyncio.timeout(budget):
+                    return await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio
             except grpc.aio.AbortError:
                 raise
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the call ran past its deadline (at most {self._max_call_s:g} s on this server)",
+                )
             except DomainError as error:
                 status = rpc_status.to_status(status_for(error))
                 await context.abort(status.code, status.details, status.trailing_metadata)

@@ -18,7 +18,7 @@ from capreg.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from registry.config import TlsFiles
+from registry.config import ServerLimits, TlsFiles
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.key_service import KeyService
@@ -28,10 +28,10 @@ from registry.transport.auth import AuthInterceptor
 from registry.transport.budget_servicer import BudgetServicer
 from registry.transport.errors import ErrorInterceptor
 from registry.transport.key_servicer import AuditServicer, KeyServicer
+from registry.transport.limits import RateLimiter
 from registry.transport.policy_servicer import PolicyServicer
 from registry.transport.servicers import DiscoveryServicer, RegistryServicer
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
@@ -51,13 +51,20 @@ class GrpcServer:
         budgets: BudgetService,
         keys: KeyService,
         authenticate: bool = True,
+        limits: ServerLimits | None = None,
     ):
+        limits = limits or ServerLimits()
         self.server = grpc.aio.server(
             # The error interceptor is outermost, so authentication failures map like any other error.
-            interceptors=[ErrorInterceptor(), AuthInterceptor(keys if authenticate else None)],
+            interceptors=[
+                ErrorInterceptor(max_call_s=limits.max_call_s),
+                AuthInterceptor(
+                    keys if authenticate else None, RateLimiter(limits.calls_per_s_per_key, limits.burst_per_key)
+                ),
+            ],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", limits.max_message_bytes),
+                ("grpc.max_send_message_length", limits.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
