@@ -71,7 +71,8 @@ class Identity:
         if self.is_cluster_operator:
             return requested or (self.tenant if self.tenant != ALL_TENANTS else "default")
         if requested and requested != self.tenant:
-            raise PermissionDenied(f"this key belongs to tenant {self.tenant!r}, not {requested!r}", field=field)
+            shown = requested if len(requested) <= 64 else requested[:64] + "..."  # never echo a huge input
+            raise PermissionDenied(f"this key belongs to tenant {self.tenant!r}, not {shown!r}", field=field)
         return self.tenant
 
 

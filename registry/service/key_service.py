@@ -128,8 +128,7 @@ class KeyService:
         return key, token, seq
 
     async def list_keys(self, caller: Identity, tenant: str) -> list[ApiKey]:
-        scope = None if caller.is_cluster_operator and not tenant else caller.tenant_for(tenant)
-        return await asyncio.to_thread(self._store.list_keys, scope)
+        return await asyncio.to_thread(self._store.list_keys, _scope(caller, tenant))
 
     async def revoke(self, caller: Identity, key_id: str) -> tuple[ApiKey, int]:
         v.check_text(key_id, "id", 32, required=True)
@@ -160,5 +159,14 @@ class KeyService:
     async def list_audit(self, caller: Identity, tenant: str, limit: int, before_id: int) -> list[dict[str, Any]]:
         if not 0 <= limit <= 1000:
             raise InvalidArgument("limit", "must be between 0 (default 100) and 1000")
-        scope = None if caller.is_cluster_operator and not tenant else caller.tenant_for(tenant)
-        return await asyncio.to_thread(self._store.list_audit, scope, limit or 100, before_id)
+        return await asyncio.to_thread(self._store.list_audit, _scope(caller, tenant), limit or 100, before_id)
+
+
+def _scope(caller: Identity, tenant: str) -> str | None:
+    """The tenant a listing covers: every tenant (None) for a cluster operator who names none."""
+    if caller.is_cluster_operator and not tenant:
+        return None
+    scope = caller.tenant_for(tenant)
+    if scope != ALL_TENANTS:  # a cluster operator's own keys are listed under "*"
+        v.tenant_or_default(scope, "tenant")
+    return scope

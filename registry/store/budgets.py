@@ -231,17 +231,21 @@ class BudgetStore:
                 _log(conn, row.tenant_id, row.id, "expire", now)
             # The current period's row comes last in the lock order: it is the latest period.
             start = period_start(BudgetPeriod(row.period), now)
-            _ensure_usage_row(conn, row.id, start)
             usage = t.budget_usage.c
-            held = conn.execute(
-                update(t.budget_usage)
-                .where(
-                    usage.budget_id == row.id,
-                    usage.period_start == start,
-                    usage.committed_micros + usage.reserved_micros + amount <= row.limit_micros,
-                )
-                .values(reserved_micros=usage.reserved_micros + amount)
-            ).rowcount
+            held = 0
+            # More than the whole limit never fits: refused without writing the period's usage row, which
+            # is only missing when nothing was used, and then any amount within the limit fits.
+            if amount <= row.limit_micros:
+                _ensure_usage_row(conn, row.id, start)
+                held = conn.execute(
+                    update(t.budget_usage)
+                    .where(
+                        usage.budget_id == row.id,
+                        usage.period_start == start,
+                        usage.committed_micros + usage.reserved_micros + amount <= row.limit_micros,
+                    )
+                    .values(reserved_micros=usage.reserved_micros + amount)
+                ).rowcount
             if held != 1:
                 left = _usage(conn, row, now).remaining_usd
                 refusal = FailedPrecondition(

@@ -29,6 +29,17 @@ def key_from_row(row: Any) -> ApiKey:
     )
 
 
+def _storable(value: Any) -> Any:
+    """JSON that every backend stores: PostgreSQL's jsonb refuses NUL characters in strings (keys too)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
 class KeyStore:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -96,7 +107,7 @@ class KeyStore:
                     action=action[:64],
                     entity=entity[:32],
                     entity_id=entity_id[:160],
-                    details=json.loads(json.dumps(details, default=str)),
+                    details=_storable(json.loads(json.dumps(details, default=str))),
                 )
             )
 

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 
 from registry.domain.auth import LOCAL, OPEN_PREFIXES, Identity, Unauthenticated, authorize
@@ -41,6 +41,7 @@ AUDITED: dict[str, tuple[str, str]] = {
 }
 # Never copied into the audit log.
 SECRET_FIELDS = {"token"}
+MAX_AUDIT_TEXT = 4096  # characters of a request that JSON cannot represent
 
 
 def current_identity() -> Identity:
@@ -176,7 +177,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         assert self._keys is not None
         entity, path = audited
-        details = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        try:
+            details = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        except json_format.Error:  # e.g. an out-of-range Timestamp in an output-only field, which was ignored
+            details = {"request": text_format.MessageToString(request, as_one_line=True)[:MAX_AUDIT_TEXT]}
         for field in SECRET_FIELDS:
             details.pop(field, None)
         tenant = identity.tenant

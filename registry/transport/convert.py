@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import datetime
+from datetime import UTC, datetime
 
 from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -80,6 +80,16 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+def datetime_from_proto(value: Timestamp, field: str) -> datetime:
+    """A timestamp sent by a caller, in UTC; one that no datetime can hold is the caller's error."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            field, "is not a valid timestamp: seconds from 0001-01-01 to 9999-12-31 UTC, nanos 0 to 999999999"
+        ) from None
 
 
 # -- agents ------------------------------------------------------------------------------------------

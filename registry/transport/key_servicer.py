@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC as _UTC
 from typing import Any
 
 import grpc
@@ -13,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from registry.domain.auth import ApiKey
 from registry.service.key_service import KeyService
 from registry.transport.auth import current_identity
-from registry.transport.convert import timestamp
+from registry.transport.convert import datetime_from_proto, timestamp
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,7 +35,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self._service = service
 
     async def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: Context) -> keys_pb2.CreateKeyResponse:
-        expires = request.expire_time.ToDatetime(tzinfo=_UTC) if request.HasField("expire_time") else None
+        expires = datetime_from_proto(request.expire_time, "expire_time") if request.HasField("expire_time") else None
         key, token, _ = await self._service.create(
             current_identity(), request.tenant, request.name, list(request.roles), expires
         )
