@@ -17,12 +17,16 @@ expected status (never INTERNAL, UNKNOWN or DATA_LOSS) with a short message, INV
 field at fault; a refused call, and any read, must leave every table and the serving index as they were;
 an accepted audited write adds exactly one audit record. The server stays healthy throughout.
 
+Every input the fuzzing once found at fault is also replayed as is (`found_by_fuzzing`), and a request past
+the message-size limit is refused.
+
 The budget store's clock is frozen, so that no reservation falls due mid-run: a due reservation is expired
 by whichever budget call comes next, refused or not (by design: its money returns either way), and that
 would read as a write. Expiry has tests of its own in test_budgets.
 
-CAPREG_FUZZ_EXAMPLES sets the examples of each fuzz test (as in test_malformed); CAPREG_FUZZ_REPORT names a
-file that gets one JSON line per (backend, caller, RPC, source, status) with a count and an example input.
+CAPREG_FUZZ_EXAMPLES sets the examples of the cluster operator's run (the tenant operator's gets a quarter;
+by default 30 per RPC); CAPREG_FUZZ_REPORT names a file that gets one JSON line per (backend, caller, RPC,
+source, status) with a count and the first input that got it.
 """
 
 from __future__ import annotations
@@ -814,6 +818,7 @@ class Found:
 
 def found_by_fuzzing(rig: Rig) -> list[Found]:
     zero = rig.admin.create_budget("zero-limit", 0.0, tenant=ME).budget  # no usage row yet
+    agent_id = rig.admin.register_agent(make_agent("by-id", tenant=ME, status=agent_pb2.AGENT_STATUS_DRAINING)).agent.id
     bad_time = budget_pb2.Budget(tenant=ME, name="bad-time", limit_usd=1.0, create_time=Timestamp(nanos=-1))
     key = keys_pb2.CreateKeyRequest
     return [
@@ -852,6 +857,16 @@ def found_by_fuzzing(rig: Rig) -> list[Found]:
             CLUSTER,
             REG + "RegisterAgent",
             registry_pb2.RegisterAgentRequest(agent=make_agent("nul", tenant=ME, id="\x00")),
+            OK,
+        ),
+        # By id, with NUL in the ignored name: the audit record's entity_id (tenant/name/id) was refused.
+        Found(
+            CLUSTER,
+            REG + "UpdateAgentStatus",
+            registry_pb2.UpdateAgentStatusRequest(
+                agent=agent_pb2.AgentRef(id=agent_id, name="\x00"),
+                status=agent_pb2.AGENT_STATUS_ACTIVE,
+            ),
             OK,
         ),
         # More than the limit, before any reservation this period: refused, yet it wrote a usage row.

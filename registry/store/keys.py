@@ -30,7 +30,7 @@ def key_from_row(row: Any) -> ApiKey:
 
 
 def _storable(value: Any) -> Any:
-    """JSON that every backend stores: PostgreSQL's jsonb refuses NUL characters in strings (keys too)."""
+    """Text and JSON that every backend stores: PostgreSQL refuses NUL characters in text and in jsonb strings."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):
@@ -102,11 +102,11 @@ class KeyStore:
             conn.execute(
                 insert(t.audit_log).values(
                     at=now_utc(),
-                    tenant_id=tenant,
-                    actor=actor[:160],
-                    action=action[:64],
-                    entity=entity[:32],
-                    entity_id=entity_id[:160],
+                    tenant_id=_storable(tenant)[:63],
+                    actor=_storable(actor)[:160],
+                    action=_storable(action)[:64],
+                    entity=_storable(entity)[:32],
+                    entity_id=_storable(entity_id)[:160],  # may hold ignored fields, e.g. a name beside an id
                     details=_storable(json.loads(json.dumps(details, default=str))),
                 )
             )
