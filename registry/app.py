@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,15 +20,18 @@ from registry.domain.models import VectorSpace
 from registry.embedding.base import Embedder
 from registry.embedding.sentence import SentenceTransformerEmbedder, bundled_model_path
 from registry.embedding.template import check_template
+from registry.index import snapshot
 from registry.index.hnsw import HnswParams
 from registry.index.space_index import PlannerParams, SpaceIndex
 from registry.manifest import load_agents
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
+from registry.service.follower import ChangeFollower
 from registry.service.key_service import KeyService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.service.serving import ServingSpace
+from registry.service.snapshots import SnapshotKeeper
 from registry.store import migrate
 from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
@@ -67,6 +71,53 @@ def prepare_database(settings: Settings) -> Engine:
     return engine
 
 
+@dataclass(frozen=True, slots=True)
+class Startup:
+    """How the index was loaded: from a snapshot, or rebuilt from the database (and why)."""
+
+    source: str  # "snapshot" | "database"
+    reason: str
+    seconds: float
+    watermark: int
+
+
+async def load_index(
+    store: RegistryStore, space: VectorSpace, template: SpaceIndex, snapshot_root: Path
+) -> tuple[SpaceIndex, Startup]:
+    """The snapshot when it is sound and not ahead of the database; else a rebuild from stored vectors."""
+    started = time.perf_counter()
+    head = await asyncio.to_thread(store.watermark)
+    try:
+        index = await asyncio.to_thread(snapshot.load, snapshot_root, space, template)
+        if index.watermark > head:
+            raise snapshot.SnapshotError(
+                f"the snapshot is at change {index.watermark} but the database only reaches {head} "
+                "(was the database restored from an older backup?)"
+            )
+        startup = Startup("snapshot", "", time.perf_counter() - started, index.watermark)
+        log.info(
+            "index of %s loaded from its snapshot: %d capabilities at change %d in %.2f s; replaying the log",
+            space.name,
+            index.live_count,
+            index.watermark,
+            startup.seconds,
+        )
+        return index, startup
+    except snapshot.SnapshotError as exc:
+        reason = str(exc)
+    (log.info if reason.startswith("no snapshot") else log.warning)(
+        "rebuilding the index of %s from the database: %s", space.name, reason
+    )
+    index = template
+    entries = await asyncio.to_thread(lambda: list(store.catalog(space.id)))
+    await asyncio.to_thread(index.bulk_load, entries, head)
+    startup = Startup("database", reason, time.perf_counter() - started, head)
+    log.info(
+        "index of %s built: %d capabilities at change %d in %.2f s", space.name, index.live_count, head, startup.seconds
+    )
+    return index, startup
+
+
 @dataclass
 class App:
     settings: Settings
@@ -79,46 +130,67 @@ class App:
     server: GrpcServer
     budgets: BudgetService
     keys: KeyService
+    follower: ChangeFollower
+    snapshots: SnapshotKeeper
+    startup: Startup
     port: int = 0
     operator_key_file: Path | None = None  # written on first start
     listener: ChangeListener | None = None
-    _tasks: set[asyncio.Future[bool]] = field(default_factory=set)
+    _tasks: set[asyncio.Future[object]] = field(default_factory=set)
 
     async def start(self) -> int:
-        self.policies.start()
-        self.keys.start()
+        """Listen at once, but say NOT_SERVING (gRPC health) until the index has caught up with the log."""
         if not self.settings.is_embedded():
             loop = asyncio.get_running_loop()
             self.listener = ChangeListener(
                 self.settings.resolved_database_url(),
-                lambda entity: loop.call_soon_threadsafe(self._changed_elsewhere, entity),
+                lambda _entity: loop.call_soon_threadsafe(self.follower.wake),
             )
             self.listener.start()
         self.budgets.start_sweeper()
-        self.port = await self.server.start(self.settings.host, self.settings.port, self.settings.tls())
-        log.info("capreg serving on %s:%d", self.settings.host, self.port)
+        self.port = await self.server.start(self.settings.host, self.settings.port, self.settings.tls(), ready=False)
+        log.info("capreg listening on %s:%d; catching up with the change log", self.settings.host, self.port)
+        await self.follower.catch_up()
+        self.follower.start()
+        self._background(self._sweep_leases())
+        if self.settings.snapshot_interval_s > 0:
+            self._background(self.snapshots.run())
+        await self.server.set_ready(True)
+        log.info("capreg serving on %s:%d at change %d", self.settings.host, self.port, self.follower.position)
         return self.port
+
+    async def _sweep_leases(self) -> None:
+        """Remove agents whose lease ran out more than lease_grace_s ago (Discover left them out at once)."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.settings.lease_sweep_s)
+            try:
+                await self.registry.remove_expired(self.settings.lease_grace_s)
+                failing = False
+            except Exception:
+                if not failing:
+                    log.exception("could not remove expired agents; retrying")
+                failing = True
 
     async def stop(self) -> None:
         await self.server.stop(self.settings.shutdown_grace_s)
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)
-        await self.policies.stop()
-        await self.keys.stop()
+        await self.follower.stop()
         await self.budgets.stop_sweeper()
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.settings.snapshot_interval_s > 0:  # the next start loads this instead of rebuilding
+            try:
+                await self.snapshots.write_now()
+            except Exception as exc:
+                log.warning("could not write the shutdown snapshot (%s); the next start rebuilds", exc)
         # Let database work already handed to threads finish before the pool goes away.
         await asyncio.get_running_loop().shutdown_default_executor()
         self.engine.dispose()
 
-    def _changed_elsewhere(self, entity: str) -> None:
-        """Another process committed a change: refresh what we cache now, not at the next poll."""
-        if entity in ("policy", "*"):
-            self._background(self.policies.refresh_if_changed())
-        if entity in ("api_key", "*"):
-            self._background(self.keys.refresh_if_changed())
-
-    def _background(self, work: Coroutine[Any, Any, bool]) -> None:
+    def _background(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -156,7 +228,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             dim=embedder.dim,
         ),
     )
-    index = SpaceIndex(
+    template = SpaceIndex(
         space.dim,
         HnswParams(
             m=settings.hnsw_m,
@@ -169,23 +241,34 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             hnsw_min_selectivity=settings.hnsw_min_selectivity,
         ),
     )
-    watermark = await asyncio.to_thread(store.watermark)
-    entries = await asyncio.to_thread(lambda: list(store.catalog(space.id)))
-    await asyncio.to_thread(index.bulk_load, entries, watermark)
-    log.info("index of %s built: %d capabilities at watermark %d", space.name, index.live_count, watermark)
+    snapshot_root = settings.data_dir / "snapshots" / space.name
+    index, startup = await load_index(store, space, template, snapshot_root)
     serving = ServingSpace(space=space, embedder=embedder, index=index)
-    registry = RegistryService(store, serving)
-    policies = PolicyService(PolicyStore(engine), refresh_s=settings.policy_refresh_s)
+    policies = PolicyService(PolicyStore(engine))
     await policies.load()
     budgets = BudgetService(BudgetStore(engine))
-    keys = KeyService(KeyStore(engine), refresh_s=settings.key_refresh_s)
+    keys = KeyService(KeyStore(engine))
     await keys.load()
+    follower = ChangeFollower(
+        store,
+        serving,
+        handlers={
+            "policy": policies.refresh_if_changed,
+            "tenant": policies.refresh_if_changed,
+            "api_key": keys.refresh_if_changed,
+        },
+        poll_s=settings.change_poll_s,
+    )
+    registry = RegistryService(store, serving, settle=follower.sync)
+    snapshots = SnapshotKeeper(follower, serving, snapshot_root, settings.snapshot_interval_s)
+    if startup.source == "snapshot":
+        snapshots.loaded_from(index.watermark)
     key_file = await keys.bootstrap(settings.data_dir) if settings.auth_enabled else None
     if not settings.auth_enabled:
         log.warning(
             "AUTHENTICATION IS OFF: every caller acts as a cluster operator. Use this for local development only."
         )
-    discovery = DiscoveryService(serving, budgets=budgets, policies=policies.rules_for)
+    discovery = DiscoveryService(serving, budgets=budgets, policies=policies.rules_for, sync=follower.sync)
     server = GrpcServer(
         registry, discovery, policies, budgets, keys, authenticate=settings.auth_enabled, limits=settings.limits()
     )
@@ -200,5 +283,8 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         server,
         budgets,
         keys,
+        follower,
+        snapshots,
+        startup,
         operator_key_file=key_file,
     )

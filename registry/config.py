@@ -61,8 +61,13 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = None
     # Authentication is on unless switched off explicitly (loudly logged; local development only).
     auth_enabled: bool = True
-    key_refresh_s: float = Field(0.5, gt=0)  # how often other processes' key changes are picked up
-    policy_refresh_s: float = Field(0.5, gt=0)  # how often other processes' policy changes are picked up
+    # How often the change-log follower polls (NOTIFY wakes it at once on PostgreSQL).
+    change_poll_s: float = Field(0.5, gt=0)
+    lease_grace_s: float = Field(30.0, ge=0)  # an agent whose lease ran out this long ago is removed
+    lease_sweep_s: float = Field(1.0, gt=0)  # how often expired leases are looked for
+    # How often the index is snapshotted to <data_dir>/snapshots when it changed (0: never, not even at
+    # shutdown; every start then rebuilds from the database).
+    snapshot_interval_s: float = Field(60.0, ge=0)
     shutdown_grace_s: float = Field(5.0, ge=0)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_call_s: float = Field(60.0, gt=0)

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from registry.embedding.sentence import SentenceTransformerEmbedder, bundled_model_path
 from tests import support
+from tests.pg_instance import PgInstance, started
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BACKENDS = ["sqlite", "postgres"]
@@ -87,3 +88,16 @@ def demo_server(
 def demo_client(demo_server: support.ServerThread) -> Iterator[CapregClient]:
     with CapregClient(demo_server.target, timeout=30) as c:
         yield c
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PgInstance]:
+    """A private PostgreSQL cluster of this test's own, to stop, kill and restart. Fails, never skips."""
+    try:
+        instance = started()
+    except Exception as exc:
+        pytest.fail(f"cannot run a private PostgreSQL cluster for fault tests: {exc}", pytrace=False)
+    try:
+        yield instance
+    finally:
+        instance.cleanup()

@@ -457,7 +457,9 @@ class Snapshot:
 
 
 def snapshot(rig: Rig) -> Snapshot:
-    """Every row of every table (as reflected from the database), and the serving index's bookkeeping."""
+    """Every row of every table (as reflected from the database), and the serving index's bookkeeping, once
+    the index has caught up with the log (writes that are not agents' do not wait for it)."""
+    rig.server.run(rig.server.app.follower.catch_up())
     with rig.server.app.engine.connect() as conn:
         tables = {
             name: [
@@ -610,6 +612,8 @@ def seed_requests(w: World, dim: int) -> dict[str, list[Message]]:
     richer ones that set the fields the matrix leaves empty."""
     seeds: dict[str, list[Message]] = {method: [] for method in RPCS}
     for method, case in CASES.items():
+        if method not in RPCS:  # streaming: see tests/test_streams.py
+            continue
         variants = [(ME, ME, False), (OTHER, OTHER, False)] + ([(ME, "", True)] if case.by_id else [])
         for target, named, by_id in variants:
             seeds[method].append(case.build(w, target, named if case.named else "", by_id))
@@ -788,10 +792,12 @@ def rig(database_url: str, tmp_path: Path, embedder: SentenceTransformerEmbedder
 
 
 def test_every_unary_rpc_is_fuzzed() -> None:
-    """The RPCs come from the descriptors; each has a permission row and valid requests to mutate."""
+    """The RPCs come from the descriptors; each has a permission row and valid requests to mutate.
+    Streaming RPCs are checked against malformed input in tests/test_streams.py."""
     assert RPCS
-    assert set(RPCS) == set(PERMISSIONS)
-    assert set(CASES) == set(RPCS)
+    streaming = {path for path, m in proto_methods().items() if m.client_streaming or m.server_streaming}
+    assert set(RPCS) == set(PERMISSIONS) - streaming
+    assert set(CASES) == set(RPCS) | streaming
 
 
 def test_fuzz_every_rpc_as_the_cluster_operator(rig: Rig) -> None:

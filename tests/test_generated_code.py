@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from capreg.v1 import agent_pb2, discovery_pb2
+from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,10 +33,15 @@ def test_wire_field_numbers_are_stable() -> None:
     assert agent == {
         "id": 1, "tenant": 2, "name": 3, "kind": 4, "endpoint": 5, "labels": 6, "status": 7, "description": 8,
         "capabilities": 9, "generation": 10, "create_time": 11, "update_time": 12, "visibility": 13,
-        "shared_with": 14,
+        "shared_with": 14, "lease_ttl": 15, "lease_expire_time": 16,
     }  # fmt: skip
     request = {f.name: f.number for f in discovery_pb2.DiscoverRequest.DESCRIPTOR.fields}
     assert request == {
         "tenant": 1, "text": 2, "vector": 3, "top_k": 4, "filters": 5, "vector_space": 6,
         "estimated_input_tokens": 7, "estimated_output_tokens": 8, "task_labels": 9, "budget_id": 10,
+        "min_seq": 11,
     }  # fmt: skip
+    heartbeat = {f.name: f.number for f in registry_pb2.HeartbeatRequest.DESCRIPTOR.fields}
+    assert heartbeat == {"agent": 1, "lease_ttl": 2}
+    beat = {f.name: f.number for f in registry_pb2.HeartbeatResponse.DESCRIPTOR.fields}
+    assert beat == {"lease_expire_time": 1, "lease_ttl": 2, "consistency_token": 3}

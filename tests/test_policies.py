@@ -181,8 +181,8 @@ def test_a_change_reaches_every_server_process(
     empty_tables(engine)
     engine.dispose()
     with (
-        running_server(tmp_path / "a", pg_database, embedder, policy_refresh_s=3600) as a,
-        running_server(tmp_path / "b", pg_database, embedder, policy_refresh_s=3600) as b,
+        running_server(tmp_path / "a", pg_database, embedder, change_poll_s=3600) as a,
+        running_server(tmp_path / "b", pg_database, embedder, change_poll_s=3600) as b,
         CapregClient(a.target) as client_a,
         CapregClient(b.target) as client_b,
     ):

@@ -112,6 +112,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "/capreg.v1.RegistryService/RegisterAgent": _AGENT_WRITE,
     "/capreg.v1.RegistryService/UpdateAgentStatus": _AGENT_WRITE,
     "/capreg.v1.RegistryService/DeregisterAgent": _AGENT_WRITE,
+    "/capreg.v1.RegistryService/Heartbeat": _AGENT_WRITE,
+    "/capreg.v1.RegistryService/KeepAlive": _AGENT_WRITE,
     "/capreg.v1.RegistryService/GetAgent": _READ,
     "/capreg.v1.RegistryService/ListAgents": _READ,
     "/capreg.v1.DiscoveryService/Discover": _ORCHESTRATE,

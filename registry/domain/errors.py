@@ -51,4 +51,9 @@ class FailedPrecondition(DomainError):
 
 
 class Unavailable(DomainError):
+    """Something the call needs (the database) is unreachable for now; retry after `retry_after_s`."""
+
     code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0):
+        super().__init__(message, retry_after_s=retry_after_s)

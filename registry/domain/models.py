@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -100,11 +101,14 @@ class Agent:
     capabilities: tuple[Capability, ...] = ()
     visibility: Visibility | None = None  # None at registration: keep the stored one, or PRIVATE
     shared_with: tuple[str, ...] = ()
+    # None at registration: keep the stored lease; 0: no lease (never expires); else seconds between heartbeats.
+    lease_ttl_s: float | None = None
     # Set by the store.
     id: str = ""
     generation: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    lease_expires_at: datetime | None = None  # None: no lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,7 @@ class DiscoverQuery:
     budget_id: str = ""
     principal: str = ""
     roles: frozenset[str] = frozenset()
+    min_seq: int = 0  # answer only once the index reflects this consistency token
 
     @property
     def caller(self) -> Caller:
@@ -233,6 +238,8 @@ class CatalogEntry:
     vector: npt.NDArray[np.float32] | None = None  # None: only attributes changed
     visibility: Visibility = Visibility.PRIVATE
     shared_with: tuple[str, ...] = ()
+    lease_expires_at: float = math.inf  # epoch seconds; Discover leaves the row out from then on
+    text_sha256: str = ""  # of the embedded text: a follower re-reads the vector only when this changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +257,13 @@ class WriteResult:
     seq: int  # 0 when nothing changed
     change: CatalogChange
     created: bool = False
+    observed_seq: int = 0  # the newest change when an unchanged write read the state it returns
 
     @property
     def changed(self) -> bool:
         return self.seq != 0
+
+    @property
+    def token(self) -> int:
+        """The consistency token: Discover(min_seq=token) on any replica sees this write's state."""
+        return self.seq or self.observed_seq

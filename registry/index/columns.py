@@ -3,6 +3,7 @@ never a per-candidate Python callback."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -36,6 +37,7 @@ class AttributeColumns:
         self.tenant = np.zeros(0, dtype=np.int32)
         self.tenant_codes: dict[str, int] = {}
         self.visibility = np.zeros(0, dtype=np.int8)
+        self.lease_expires = np.zeros(0, dtype=np.float64)  # epoch seconds; inf: no lease
         self.postings: dict[str, defaultdict[str, set[int]]] = {f: defaultdict(set) for f in POSTING_FIELDS}
         # Sorted row arrays of postings, built on first use after a change: writes are rare, reads hot.
         self._posting_arrays: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
@@ -57,6 +59,7 @@ class AttributeColumns:
             "anywhere",
             "tenant",
             "visibility",
+            "lease_expires",
         ):
             old = getattr(self, name)
             new = np.zeros(capacity, dtype=old.dtype)
@@ -78,6 +81,7 @@ class AttributeColumns:
         self.anywhere[row] = not cap.regions
         self.tenant[row] = self.tenant_codes.setdefault(entry.tenant, len(self.tenant_codes) + 1)
         self.visibility[row] = VISIBILITY_CODES[entry.visibility]
+        self.lease_expires[row] = entry.lease_expires_at
         keys = [("capability_name", cap.name), ("agent_id", entry.agent_id)]
         keys += [("shared_with", t) for t in entry.shared_with]
         keys += [("label_key", k) for k in entry.labels]
@@ -161,6 +165,7 @@ def constraint_mask(
     output_tokens: int,
     budget_left_usd: float | None = None,
     policy_mask: Mask | None = None,
+    now: float | None = None,
 ) -> tuple[Mask, dict[str, int]]:
     """The rows a Discover may return, and how many live rows each constraint removed (in order)."""
     builder = MaskBuilder(columns, size)
@@ -169,6 +174,7 @@ def constraint_mask(
     if policy_mask is not None:
         apply("policy", policy_mask)
     apply("status", columns.status[:size] == STATUS_CODES[AgentStatus.ACTIVE])
+    apply("lease", columns.lease_expires[:size] > (time.time() if now is None else now))
     if filters.kinds:
         apply("filter.kinds", np.isin(columns.kind[:size], [KIND_CODES[k] for k in filters.kinds]))
     for tag in filters.tags_all:

@@ -31,6 +31,19 @@ class HnswGraph:
         self._index.set_ef(self._ef)
         self._deleted: set[int] = set()
 
+    def save(self, path: str) -> None:
+        self._index.save_index(path)
+
+    @classmethod
+    def load(cls, path: str, dim: int, params: HnswParams, deleted: set[int]) -> HnswGraph:
+        """A graph saved by `save`; `deleted` names the labels it holds marked deleted."""
+        graph = cls(dim, params)
+        graph._index.load_index(path)
+        graph._index.set_num_threads(1)
+        graph._index.set_ef(graph._ef)
+        graph._deleted = set(deleted)
+        return graph
+
     @property
     def capacity(self) -> int:
         return int(self._index.get_max_elements())

@@ -3,8 +3,11 @@ chooses between exact scoring and HNSW by how many rows the constraints allow.""
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -46,9 +49,39 @@ class SpaceIndex:
         self.vectors = np.zeros((capacity, dim), dtype=np.float32)
         self.entries: list[CatalogEntry | None] = []
         self.row_of: dict[str, int] = {}  # capability id -> row
+        self.caps_of_agent: dict[str, set[str]] = {}  # agent id -> its capability ids here
         self._free_rows: list[int] = []
         self._applied_seq: dict[str, int] = {}  # capability id -> seq of the last change applied to it
         self.watermark = 0
+
+    @classmethod
+    def restore(
+        cls,
+        dim: int,
+        hnsw: HnswParams,
+        planner: PlannerParams,
+        *,
+        graph: HnswGraph,
+        vectors: npt.NDArray[np.float32],
+        entries: list[CatalogEntry | None],
+        watermark: int,
+    ) -> SpaceIndex:
+        """An index from a snapshot's parts (see registry/index/snapshot.py); None entries are free rows."""
+        index = cls(dim, hnsw, planner)
+        index.graph = graph
+        index._reserve(len(entries))
+        index.vectors[: len(entries)] = vectors
+        index.entries = list(entries)
+        for row, entry in enumerate(entries):
+            if entry is None:
+                index._free_rows.append(row)
+                continue
+            index.row_of[entry.capability.id] = row
+            index.caps_of_agent.setdefault(entry.agent_id, set()).add(entry.capability.id)
+            index.columns.set_row(row, entry)
+            index._applied_seq[entry.capability.id] = watermark
+        index.watermark = watermark
+        return index
 
     @property
     def size(self) -> int:
@@ -72,14 +105,41 @@ class SpaceIndex:
                 self._applied_seq[cap_id] = change.seq
         self.watermark = max(self.watermark, change.seq)
 
+    def replace_agent(self, agent_id: str, entries: list[CatalogEntry], seq: int) -> None:
+        """Make the agent's rows exactly `entries` (none: the agent is gone), as of change `seq`.
+
+        An entry without a vector keeps the row's vector; it must then already be in the index."""
+        wanted = {entry.capability.id for entry in entries}
+        gone = tuple(cap_id for cap_id in self.caps_of_agent.get(agent_id, ()) if cap_id not in wanted)
+        self.apply(CatalogChange(seq=seq, upserts=tuple(entries), removed=gone))
+
+    def digest(self) -> str:
+        """A fingerprint of what Discover can return: each capability's id, embedded text and agent state.
+        Replicas at one position have equal digests; `RegistryStore.index_digest` computes the same from
+        the database."""
+        return catalog_digest(
+            (entry.capability.id, entry.text_sha256, entry.status.value, entry.capability.updated_at)
+            for entry in self.entries
+            if entry is not None
+        )
+
+    def text_hashes(self, agent_ids: set[str]) -> dict[str, str]:
+        """capability id -> hash of its embedded text, for the rows of these agents."""
+        hashes = {}
+        for agent_id in agent_ids:
+            for cap_id in self.caps_of_agent.get(agent_id, ()):
+                hashes[cap_id] = self.entry(self.row_of[cap_id]).text_sha256
+        return hashes
+
     def bulk_load(self, entries: list[CatalogEntry], watermark: int, num_threads: int = 2) -> None:
         """Build from the stored catalog at start-up, in one HNSW batch."""
         rows = np.arange(self.size, self.size + len(entries), dtype=np.int64)
         self._reserve(self.size + len(entries))
         for row, entry in zip(rows.tolist(), entries, strict=True):
             assert entry.vector is not None
-            self.entries.append(entry)
+            self.entries.append(replace(entry, vector=None))  # the vector lives in self.vectors only
             self.row_of[entry.capability.id] = row
+            self.caps_of_agent.setdefault(entry.agent_id, set()).add(entry.capability.id)
             self.columns.set_row(row, entry)
             self.vectors[row] = _unit(entry.vector)
             self._applied_seq[entry.capability.id] = watermark
@@ -132,7 +192,8 @@ class SpaceIndex:
                 raise ValueError(f"capability {entry.capability.id} is new to the index but came without a vector")
             row = self._free_rows.pop() if self._free_rows else self._append_row()
             self.row_of[entry.capability.id] = row
-        self.entries[row] = entry
+            self.caps_of_agent.setdefault(entry.agent_id, set()).add(entry.capability.id)
+        self.entries[row] = replace(entry, vector=None)
         self.columns.set_row(row, entry)
         if entry.vector is not None:
             self.vectors[row] = _unit(entry.vector)
@@ -142,6 +203,11 @@ class SpaceIndex:
         row = self.row_of.pop(cap_id, None)
         if row is None:
             return
+        entry = self.entry(row)
+        caps = self.caps_of_agent.get(entry.agent_id, set())
+        caps.discard(cap_id)
+        if not caps:
+            self.caps_of_agent.pop(entry.agent_id, None)
         self.graph.delete(row)
         self.columns.clear_row(row)
         self.entries[row] = None
@@ -160,6 +226,15 @@ class SpaceIndex:
         grown[: self.vectors.shape[0]] = self.vectors
         self.vectors = grown
         self.columns.grow(capacity)
+
+
+def catalog_digest(rows: Iterable[tuple[str, str, str, datetime | None]]) -> str:
+    """sha256 over sorted (capability id, text hash, agent status, capability update time) rows."""
+    digest = hashlib.sha256()
+    for cap_id, text_hash, status, updated in sorted(rows):
+        stamp = updated.astimezone(UTC).isoformat(timespec="microseconds") if updated else ""
+        digest.update(f"{cap_id}|{text_hash}|{status}|{stamp}\n".encode())
+    return digest.hexdigest()
 
 
 def _unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import numpy as np
@@ -42,10 +42,12 @@ class DiscoveryService:
         serving: ServingSpace,
         budgets: BudgetLimiter | None = None,
         policies: Callable[[str], TenantPolicies] = no_policies,
+        sync: Callable[[int], Awaitable[None]] | None = None,
     ):
         self._serving = serving
         self._budgets = budgets
         self._policies = policies
+        self._sync = sync
 
     async def discover(self, query: DiscoverQuery) -> DiscoverResult:
         started = time.perf_counter()
@@ -53,6 +55,10 @@ class DiscoveryService:
         query = _with_tenant(query)
         space = self._serving.space
         timings: dict[str, float] = {}
+        if query.min_seq > self._serving.index.watermark and self._sync is not None:
+            t0 = time.perf_counter()
+            await self._sync(query.min_seq)
+            timings["wait_min_seq"] = _ms(t0)
         if query.vector_space and query.vector_space != space.name:
             raise NotFound(
                 f"vector space {query.vector_space!r} is not served here; the serving space is {space.name!r}"

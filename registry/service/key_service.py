@@ -1,13 +1,12 @@
 """API keys: create (the token is shown once), list, revoke; authenticate every call from memory.
 
 Keys are read into memory at start-up and whenever the change log shows a key change (this process's
-own changes at once; other processes' within `refresh_s`, until issue 5's follower makes it immediate).
+own changes at once; other processes' when the change-log follower reaches them).
 Authentication is then a dictionary lookup, a sha256 and a constant-time compare."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -37,13 +36,11 @@ KEY_FILE = "operator.key"
 
 
 class KeyService:
-    def __init__(self, store: KeyStore, refresh_s: float = 0.5, clock: Callable[[], datetime] = now_utc):
+    def __init__(self, store: KeyStore, clock: Callable[[], datetime] = now_utc):
         self._store = store
-        self._refresh_s = refresh_s
         self._clock = clock
         self._keys: dict[str, ApiKey] = {}
         self._seq = -1
-        self._poller: asyncio.Task[None] | None = None
 
     # -- the hot path ---------------------------------------------------------------------------------
 
@@ -71,23 +68,6 @@ class KeyService:
             await self.load()
             return True
         return False
-
-    def start(self) -> None:
-        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="key-refresh")
-
-    async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.refresh_if_changed()
-            except Exception:
-                log.exception("could not refresh API keys; serving the last ones read")
 
     # -- administration -------------------------------------------------------------------------------
 

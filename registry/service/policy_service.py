@@ -1,13 +1,12 @@
 """Policy CRUD, and the in-memory rule book every Discover reads.
 
-The book is replaced whole on every change this process makes, and re-read when the change log shows
-a policy change made elsewhere (a poll every `refresh_s`; issue 5's change-log follower will wake it
-at once), so a change takes effect on the next Discover here and within `refresh_s` everywhere."""
+The book is replaced whole on every change this process makes, and re-read when the change-log
+follower reaches a policy change made elsewhere, so a change takes effect on the next Discover here
+and as soon as each replica's follower reads it everywhere else."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import replace
 
@@ -23,14 +22,12 @@ MAX_REQUIREMENTS = 32
 
 
 class PolicyService:
-    def __init__(self, store: PolicyStore, refresh_s: float = 0.5):
+    def __init__(self, store: PolicyStore):
         self._store = store
-        self._refresh_s = refresh_s
         self._book: dict[str, TenantPolicies] = {}
         self._seq = -1
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Condition()
-        self._poller: asyncio.Task[None] | None = None
 
     def rules_for(self, tenant: str) -> TenantPolicies:
         """The hot path: a dictionary lookup."""
@@ -55,23 +52,6 @@ class PolicyService:
             await self.load()
             return True
         return False
-
-    def start(self) -> None:
-        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="policy-refresh")
-
-    async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.refresh_if_changed()
-            except Exception:  # keep serving the last good book; the next poll retries
-                log.exception("could not refresh policies; serving the last ones read")
 
     # -- CRUD ----------------------------------------------------------------------------------------
 

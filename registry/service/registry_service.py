@@ -1,29 +1,53 @@
-"""Register, read, list, update and remove agents; keep the serving index in step with each commit."""
+"""Register, read, list, update and remove agents; a write answers once the index reflects it.
+
+The index changes only through the change-log follower (the same path on every replica), so a write
+here commits, then waits briefly for the follower to pass its seq: the writer reads its writes."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from registry.domain import validation as v
-from registry.domain.errors import NotFound
+from registry.domain.errors import InvalidArgument, NotFound
 from registry.domain.models import Agent, AgentRef, AgentStatus, ListAgentsQuery, WriteResult
 from registry.embedding.template import render, text_hash
+from registry.service.calls import call_deadline
 from registry.service.serving import ServingSpace
 from registry.store.repository import RegistryStore, vector_to_bytes
 
+log = logging.getLogger(__name__)
+SETTLE_S = 5.0  # how long a write waits for the index before it answers anyway (it is committed)
+SETTLE_MARGIN_S = 0.05  # answered this long before the call's deadline, rather than DEADLINE_EXCEEDED
+MIN_LEASE_S = 1.0
+MAX_LEASE_S = 86_400.0
+
 
 class RegistryService:
-    def __init__(self, store: RegistryStore, serving: ServingSpace):
+    def __init__(self, store: RegistryStore, serving: ServingSpace, settle: Callable[[int], Awaitable[None]]):
         self._store = store
         self._serving = serving
+        self._settle_fn = settle
+
+    async def _settle(self, token: int) -> None:
+        """Wait until this process's index reflects change `token`; the write stands either way."""
+        wait_s = min(SETTLE_S, call_deadline.get() - time.monotonic() - SETTLE_MARGIN_S)
+        try:
+            await asyncio.wait_for(self._settle_fn(token), max(wait_s, 0.0))
+        except Exception as exc:  # committed: answering success is right, the follower catches up later
+            log.warning("change %d is committed but not yet in this index: %s", token, exc)
 
     async def register(self, agent: Agent, expected_generation: int = 0) -> WriteResult:
         """Validate, embed only texts never embedded before, commit, then update the index."""
         agent = _with_tenant(agent)
         v.validate_agent(agent)
+        validate_lease_ttl(agent.lease_ttl_s, "agent.lease_ttl", allow_zero=True)
         v.check_generation(expected_generation, "expected_generation")
         space = self._serving.space
         supplied = self._supplied_vectors(agent)
@@ -37,7 +61,7 @@ class RegistryService:
             for (h, _), vector in zip(missing, embedded, strict=True):
                 vectors[h] = vector_to_bytes(np.asarray(vector, dtype=np.float32))
         result = await asyncio.to_thread(self._store.register, agent, expected_generation, space.id, hashes, vectors)
-        self._serving.index.apply(result.change)
+        await self._settle(result.token)
         return result
 
     def _supplied_vectors(self, agent: Agent) -> dict[int, tuple[str, bytes]]:
@@ -70,15 +94,43 @@ class RegistryService:
         ref = v.validate_ref(ref)
         v.check_generation(expected_generation, "expected_generation")
         result = await asyncio.to_thread(self._store.update_status, ref, status, expected_generation)
-        self._serving.index.apply(result.change)
+        await self._settle(result.token)
         return result
 
     async def deregister(self, ref: AgentRef, expected_generation: int = 0) -> WriteResult:
         ref = v.validate_ref(ref)
         v.check_generation(expected_generation, "expected_generation")
         result = await asyncio.to_thread(self._store.deregister, ref, expected_generation)
-        self._serving.index.apply(result.change)
+        await self._settle(result.token)
         return result
+
+    async def heartbeat(self, ref: AgentRef, lease_ttl_s: float | None = None) -> tuple[Agent, int]:
+        """Renew the agent's lease: it runs lease_ttl_s (or the stored TTL) from now."""
+        ref = v.validate_ref(ref)
+        validate_lease_ttl(lease_ttl_s, "lease_ttl", allow_zero=False)
+        agent, seq = await asyncio.to_thread(self._store.renew_lease, ref, lease_ttl_s)
+        await self._settle(seq)
+        return agent, seq
+
+    async def remove_expired(self, grace_s: float) -> int:
+        """Remove agents whose lease ran out more than grace_s ago; how many were removed."""
+        before = datetime.now(UTC) - timedelta(seconds=grace_s)
+        removed = 0
+        for agent_id in await asyncio.to_thread(self._store.expired_agents, before):
+            if seq := await asyncio.to_thread(self._store.remove_if_expired, agent_id, before):
+                removed += 1
+                log.info("removed agent %s: its lease ran out more than %g s ago (change %d)", agent_id, grace_s, seq)
+        return removed
+
+
+def validate_lease_ttl(ttl_s: float | None, field: str, *, allow_zero: bool) -> None:
+    if ttl_s is None or (allow_zero and ttl_s == 0):
+        return
+    if not MIN_LEASE_S <= ttl_s <= MAX_LEASE_S:
+        raise InvalidArgument(
+            field,
+            f"must be between {MIN_LEASE_S:g} s and {MAX_LEASE_S:g} s" + (" (or 0 for no lease)" if allow_zero else ""),
+        )
 
 
 def _with_tenant(agent: Agent) -> Agent:

@@ -54,6 +54,7 @@ from registry.domain.budget import (
     to_usd,
 )
 from registry.domain.errors import Conflict, FailedPrecondition, NotFound
+from registry.store import changelog
 from registry.store import tables as t
 from registry.store.rows import utc as _aware
 
@@ -554,11 +555,7 @@ def _load_reservation(conn: Connection, reservation_id: str, tenant: str) -> Res
 
 
 def _log(conn: Connection, tenant: str, budget_id: str, op: str, now: datetime) -> int:
-    key = conn.execute(
-        insert(t.change_log).values(tenant_id=tenant, entity="budget", entity_id=budget_id, op=op, created_at=now)
-    ).inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    return changelog.append(conn, tenant, "budget", budget_id, op, now)
 
 
 def _check_generation(row: Any, expected: int) -> None:

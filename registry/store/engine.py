@@ -6,6 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+# PostgreSQL: how long opening a connection may take, and how long a request waits for a pooled one,
+# before it fails (and the client gets UNAVAILABLE with a retry hint) instead of hanging.
+PG_CONNECT_TIMEOUT_S = 5
+PG_POOL_TIMEOUT_S = 10.0
+# TCP keepalives, so a connection to a database host that vanished is noticed within about 30 s.
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3}
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -39,4 +47,16 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **PG_KEEPALIVES}
+    for name in make_url(url).query:  # what the URL says wins
+        connect_args.pop(name, None)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=PG_POOL_TIMEOUT_S,
+        # A checkout tests the connection first; a dead one (database restarted, backend terminated) is
+        # replaced, along with every pooled connection older than it, so the server recovers by itself.
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )

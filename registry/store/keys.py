@@ -9,8 +9,8 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from registry.domain.auth import ApiKey
 from registry.domain.errors import NotFound
+from registry.store import changelog
 from registry.store import tables as t
-from registry.store.notify import notify
 from registry.store.repository import now_utc
 from registry.store.rows import utc
 
@@ -122,19 +122,8 @@ class KeyStore:
 
     @staticmethod
     def _last_seq(conn: Any) -> int:
-        return int(
-            conn.execute(
-                select(func.coalesce(func.max(t.change_log.c.seq), 0)).where(t.change_log.c.entity == "api_key")
-            ).scalar_one()
-        )
+        return changelog.last_seq(conn, ("api_key",))
 
     @staticmethod
     def _log(conn: Any, tenant: str, key_id: str, op: str) -> int:
-        notify(conn, "api_key")
-        key = conn.execute(
-            insert(t.change_log).values(
-                tenant_id=tenant, entity="api_key", entity_id=key_id, op=op, created_at=now_utc()
-            )
-        ).inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        return changelog.append(conn, tenant, "api_key", key_id, op)

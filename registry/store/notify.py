@@ -9,7 +9,10 @@ import threading
 from collections.abc import Callable
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import Connection, text
+
+from registry.store.engine import PG_CONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 CHANNEL = "capreg_changes"
@@ -25,7 +28,9 @@ class ChangeListener:
     """A thread holding one LISTEN connection; `on_change(entity)` runs in that thread."""
 
     def __init__(self, dsn: str, on_change: Callable[[str], object]):
-        self._dsn = dsn.replace("postgresql+psycopg://", "postgresql://")
+        params = conninfo_to_dict(dsn.replace("postgresql+psycopg://", "postgresql://"))
+        params.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)  # a vanished host must not hang us
+        self._dsn = make_conninfo("", **params)
         self._on_change = on_change
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capreg-listen", daemon=True)

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.domain.errors import Conflict, NotFound
@@ -21,8 +21,8 @@ from registry.domain.policy import (
     PolicyTarget,
     TenantPolicies,
 )
+from registry.store import changelog
 from registry.store import tables as t
-from registry.store.notify import notify
 from registry.store.repository import RegistryStore, now_utc
 from registry.store.rows import utc
 
@@ -178,22 +178,11 @@ class PolicyStore:
 
     @staticmethod
     def _last_seq(conn: Connection) -> int:
-        return int(
-            conn.execute(
-                select(func.coalesce(func.max(t.change_log.c.seq), 0)).where(t.change_log.c.entity.in_(POLICY_ENTITIES))
-            ).scalar_one()
-        )
+        return changelog.last_seq(conn, POLICY_ENTITIES)
 
     @staticmethod
     def _log(conn: Connection, tenant: str, entity_id: str, op: str, entity: str = "policy") -> int:
-        notify(conn, "policy")
-        key = conn.execute(
-            insert(t.change_log).values(
-                tenant_id=tenant, entity=entity, entity_id=entity_id, op=op, created_at=now_utc()
-            )
-        ).inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        return changelog.append(conn, tenant, entity, entity_id, op)
 
     @staticmethod
     def _find(conn: Connection, tenant: str, name: str, policy_id: str = "", *, for_update: bool = False) -> Any:

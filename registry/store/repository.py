@@ -10,18 +10,19 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from registry.domain.errors import Conflict, InvalidArgument, NotFound
+from registry.domain.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from registry.domain.models import (
     Agent,
     AgentRef,
@@ -34,8 +35,10 @@ from registry.domain.models import (
     WriteResult,
 )
 from registry.domain.validation import NAME_RE
+from registry.index.space_index import catalog_digest
+from registry.store import changelog
 from registry.store import tables as t
-from registry.store.rows import agent_from_row, capability_from_row, capability_values, space_from_row
+from registry.store.rows import agent_from_row, capability_from_row, capability_values, space_from_row, utc
 
 CONFLICT_RETRIES = 3
 
@@ -106,7 +109,7 @@ class RegistryStore:
     def catalog(self, space_id: int, batch_size: int = 2000) -> Iterator[CatalogEntry]:
         """Every capability with its vector in the space: what the index is built from at start-up."""
         query = (
-            select(t.capabilities, t.agents, t.capability_vectors.c.vector)
+            select(t.capabilities, t.agents, t.capability_vectors.c.text_sha256, t.capability_vectors.c.vector)
             .join(t.agents, t.agents.c.id == t.capabilities.c.agent_id)
             .join(t.capability_vectors, t.capability_vectors.c.capability_id == t.capabilities.c.id)
             .where(t.capability_vectors.c.space_id == space_id)
@@ -117,11 +120,29 @@ class RegistryStore:
                 cap_row = {c.name: row._mapping[t.capabilities.c[c.name]] for c in t.capabilities.columns}
                 agent_row = {c.name: row._mapping[t.agents.c[c.name]] for c in t.agents.columns}
                 agent = agent_from_row(agent_row, ())
-                yield _entry(agent, capability_from_row(cap_row), vector_from_bytes(row.vector))
+                yield _entry(agent, capability_from_row(cap_row), vector_from_bytes(row.vector), row.text_sha256)
+
+    def index_digest(self, space_id: int) -> str:
+        """What `SpaceIndex.digest` of an index fully caught up with the database must be."""
+        query = (
+            select(
+                t.capabilities.c.id,
+                t.capability_vectors.c.text_sha256,
+                t.agents.c.status,
+                t.capabilities.c.updated_at,
+            )
+            .join(t.agents, t.agents.c.id == t.capabilities.c.agent_id)
+            .join(t.capability_vectors, t.capability_vectors.c.capability_id == t.capabilities.c.id)
+            .where(t.capability_vectors.c.space_id == space_id)
+        )
+        with self._connect() as conn:
+            return catalog_digest(
+                (cap_id, h, status, utc(updated)) for cap_id, h, status, updated in conn.execute(query)
+            )
 
     def watermark(self) -> int:
         with self._connect() as conn:
-            return int(conn.execute(select(func.coalesce(func.max(t.change_log.c.seq), 0))).scalar_one())
+            return changelog.last_seq(conn)
 
     # -- agents: writes ------------------------------------------------------------------------------
 
@@ -175,6 +196,7 @@ class RegistryStore:
                 agent_id = str(uuid.uuid4())
                 status = agent.status or AgentStatus.ACTIVE
                 visibility = agent.visibility or Visibility.PRIVATE
+                lease_ttl_ms = _lease_ms(agent.lease_ttl_s, 0)
                 conn.execute(
                     insert(t.agents).values(
                         id=agent_id,
@@ -190,6 +212,8 @@ class RegistryStore:
                         generation=1,
                         created_at=now,
                         updated_at=now,
+                        lease_ttl_ms=lease_ttl_ms,
+                        lease_expires_at=_lease_end(now, lease_ttl_ms),
                     )
                 )
                 stored_caps: dict[tuple[str, str], Any] = {}
@@ -200,8 +224,10 @@ class RegistryStore:
                 _check_generation(row["generation"], expected_generation, agent)
                 status = agent.status or AgentStatus(row["status"])
                 visibility = agent.visibility or Visibility(row["visibility"])
+                lease_ttl_ms = _lease_ms(agent.lease_ttl_s, row["lease_ttl_ms"])
                 agent_changed = (
-                    row["kind"] != agent.kind.value
+                    row["lease_ttl_ms"] != lease_ttl_ms
+                    or row["kind"] != agent.kind.value
                     or row["endpoint"] != agent.endpoint
                     or row["description"] != agent.description
                     or dict(row["labels"]) != agent.labels
@@ -261,7 +287,13 @@ class RegistryStore:
                 conn.execute(delete(t.capabilities).where(t.capabilities.c.id.in_(removed)))
 
             if not (agent_changed or caps_changed):
-                return WriteResult(agent=self._load_agent(conn, agent_id), seq=0, change=CatalogChange(seq=0))
+                # Nothing changed; a leased agent's registration still renews its lease.
+                if lease_ttl_ms:
+                    observed = self._renew(conn, agent.tenant, agent_id, lease_ttl_ms, now)
+                else:
+                    observed = changelog.last_seq(conn)
+                stored = self._load_agent(conn, agent_id)
+                return WriteResult(agent=stored, seq=0, change=CatalogChange(seq=0), observed_seq=observed)
             if not created:
                 conn.execute(
                     update(t.agents)
@@ -276,11 +308,14 @@ class RegistryStore:
                         shared_with=list(agent.shared_with),
                         generation=t.agents.c.generation + 1,
                         updated_at=now,
+                        lease_ttl_ms=lease_ttl_ms,
+                        lease_expires_at=_lease_end(now, lease_ttl_ms),
                     )
                 )
             seq = self._log(conn, agent.tenant, agent_id, "create" if created else "update", now)
             stored = self._load_agent(conn, agent_id)
-        upserts = tuple(_entry(stored, cap, new_vectors.get(cap.id)) for cap in stored.capabilities)
+        hashes = {cap.key: h for cap, h in zip(agent.capabilities, text_hashes, strict=True)}
+        upserts = tuple(_entry(stored, cap, new_vectors.get(cap.id), hashes[cap.key]) for cap in stored.capabilities)
         return WriteResult(
             agent=stored,
             seq=seq,
@@ -295,7 +330,10 @@ class RegistryStore:
             stored = agent_from_row(row, ())
             _check_generation(row["generation"], expected_generation, stored)
             if row["status"] == status.value:
-                return WriteResult(agent=self._load_agent(conn, row["id"]), seq=0, change=CatalogChange(seq=0))
+                agent = self._load_agent(conn, row["id"])
+                return WriteResult(
+                    agent=agent, seq=0, change=CatalogChange(seq=0), observed_seq=changelog.last_seq(conn)
+                )
             conn.execute(
                 update(t.agents)
                 .where(t.agents.c.id == row["id"])
@@ -317,6 +355,92 @@ class RegistryStore:
             conn.execute(delete(t.agents).where(t.agents.c.id == row["id"]))
             seq = self._log(conn, row["tenant_id"], row["id"], "delete", now)
         return WriteResult(agent=None, seq=seq, change=CatalogChange(seq=seq, removed=tuple(cap_ids)))
+
+    def renew_lease(self, ref: AgentRef, ttl_s: float | None) -> tuple[Agent, int]:
+        """A heartbeat: the lease runs `ttl_s` (or the stored TTL) from now. Returns the agent and the seq."""
+        now = now_utc()
+        with self._begin() as conn:
+            row = self._find_agent_row(conn, ref, for_update=True)
+            ttl_ms = _lease_ms(ttl_s, row["lease_ttl_ms"])
+            if not ttl_ms:
+                raise FailedPrecondition(
+                    f"agent {row['tenant_id']}/{row['name']} has no lease to renew; send lease_ttl with the "
+                    "heartbeat, or register the agent with one"
+                )
+            seq = self._renew(conn, row["tenant_id"], row["id"], ttl_ms, now)
+            agent = agent_from_row(
+                dict(row) | {"lease_ttl_ms": ttl_ms, "lease_expires_at": _lease_end(now, ttl_ms)}, ()
+            )
+        return agent, seq
+
+    def expired_agents(self, before: datetime, limit: int = 500) -> list[str]:
+        """Ids of agents whose lease ran out before `before`."""
+        with self._connect() as conn:
+            return list(
+                conn.execute(
+                    select(t.agents.c.id)
+                    .where(t.agents.c.lease_expires_at.is_not(None), t.agents.c.lease_expires_at < before)
+                    .order_by(t.agents.c.lease_expires_at)
+                    .limit(limit)
+                ).scalars()
+            )
+
+    def remove_if_expired(self, agent_id: str, before: datetime) -> int:
+        """Remove an agent whose lease ran out before `before` (and was not renewed since); its seq, or 0."""
+        with self._begin() as conn:
+            row = conn.execute(select(t.agents).where(t.agents.c.id == agent_id).with_for_update()).mappings().first()
+            if row is None or row["lease_expires_at"] is None or utc(row["lease_expires_at"]) >= before:
+                return 0
+            conn.execute(delete(t.agents).where(t.agents.c.id == agent_id))
+            return self._log(conn, row["tenant_id"], agent_id, "expire", now_utc())
+
+    # -- the index's view ----------------------------------------------------------------------------
+
+    def index_state(
+        self, agent_ids: Collection[str], space_id: int, known_hashes: Mapping[str, str]
+    ) -> dict[str, list[CatalogEntry]]:
+        """The current index entries of these agents (absent: the agent is gone). A vector is read only
+        for a capability whose embedded text differs from `known_hashes` (capability id -> text hash)."""
+        if not agent_ids:
+            return {}
+        with self._connect() as conn:
+            agent_rows = conn.execute(select(t.agents).where(t.agents.c.id.in_(list(agent_ids)))).mappings().all()
+            caps = self._capabilities_of(conn, [r["id"] for r in agent_rows])
+            cap_ids = [cap.id for group in caps.values() for cap in group]
+            hashes: dict[str, str] = (
+                dict(
+                    conn.execute(
+                        select(t.capability_vectors.c.capability_id, t.capability_vectors.c.text_sha256).where(
+                            t.capability_vectors.c.space_id == space_id,
+                            t.capability_vectors.c.capability_id.in_(cap_ids),
+                        )
+                    ).all()
+                )
+                if cap_ids
+                else {}
+            )
+            stale = [cap_id for cap_id, h in hashes.items() if known_hashes.get(cap_id) != h]
+            vectors: dict[str, bytes] = (
+                dict(
+                    conn.execute(
+                        select(t.capability_vectors.c.capability_id, t.capability_vectors.c.vector).where(
+                            t.capability_vectors.c.space_id == space_id,
+                            t.capability_vectors.c.capability_id.in_(stale),
+                        )
+                    ).all()
+                )
+                if stale
+                else {}
+            )
+        state: dict[str, list[CatalogEntry]] = {}
+        for row in agent_rows:
+            agent = agent_from_row(row, caps.get(row["id"], ()))
+            state[agent.id] = [
+                _entry(agent, cap, vector_from_bytes(vectors[cap.id]) if cap.id in vectors else None, hashes[cap.id])
+                for cap in agent.capabilities
+                if cap.id in hashes  # a capability with no vector in this space is not searchable here
+            ]
+        return state
 
     # -- agents: reads -------------------------------------------------------------------------------
 
@@ -363,11 +487,15 @@ class RegistryStore:
 
     @staticmethod
     def _log(conn: Connection, tenant: str, agent_id: str, op: str, now: datetime) -> int:
-        key = conn.execute(
-            insert(t.change_log).values(tenant_id=tenant, entity="agent", entity_id=agent_id, op=op, created_at=now)
-        ).inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        return changelog.append(conn, tenant, "agent", agent_id, op, now)
+
+    def _renew(self, conn: Connection, tenant: str, agent_id: str, ttl_ms: int, now: datetime) -> int:
+        conn.execute(
+            update(t.agents)
+            .where(t.agents.c.id == agent_id)
+            .values(lease_ttl_ms=ttl_ms, lease_expires_at=_lease_end(now, ttl_ms))
+        )
+        return self._log(conn, tenant, agent_id, "lease", now)
 
     @staticmethod
     def _put_vector(
@@ -428,7 +556,15 @@ class RegistryStore:
         return {agent_id: tuple(caps) for agent_id, caps in grouped.items()}
 
 
-def _entry(agent: Agent, cap: Any, vector: npt.NDArray[np.float32] | None) -> CatalogEntry:
+def _lease_ms(ttl_s: float | None, stored_ms: int) -> int:
+    return stored_ms if ttl_s is None else round(ttl_s * 1000)
+
+
+def _lease_end(now: datetime, ttl_ms: int) -> datetime | None:
+    return now + timedelta(milliseconds=ttl_ms) if ttl_ms else None
+
+
+def _entry(agent: Agent, cap: Any, vector: npt.NDArray[np.float32] | None, text_sha256: str = "") -> CatalogEntry:
     assert agent.status is not None
     return CatalogEntry(
         capability=cap,
@@ -442,6 +578,8 @@ def _entry(agent: Agent, cap: Any, vector: npt.NDArray[np.float32] | None) -> Ca
         vector=vector,
         visibility=agent.visibility or Visibility.PRIVATE,
         shared_with=agent.shared_with,
+        lease_expires_at=agent.lease_expires_at.timestamp() if agent.lease_expires_at else math.inf,
+        text_sha256=text_sha256,
     )
 
 

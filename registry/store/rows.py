@@ -67,6 +67,8 @@ def agent_from_row(row: Any, capabilities: tuple[Capability, ...]) -> Agent:
         generation=row["generation"],
         created_at=utc(row["created_at"]),
         updated_at=utc(row["updated_at"]),
+        lease_ttl_s=row["lease_ttl_ms"] / 1000.0,
+        lease_expires_at=utc(row["lease_expires_at"]) if row["lease_expires_at"] is not None else None,
     )
 
 

@@ -60,7 +60,10 @@ agents = Table(
     Column("updated_at", Timestamp, nullable=False),
     Column("visibility", String(16), nullable=False, server_default="private"),
     Column("shared_with", Json, nullable=False, server_default="[]"),  # tenants that see a shared agent
+    Column("lease_ttl_ms", BigInteger, nullable=False, server_default="0"),  # 0: no lease
+    Column("lease_expires_at", Timestamp, nullable=True),
     UniqueConstraint("tenant_id", "name", name="uq_agents_tenant_id_name"),
+    Index("ix_agents_lease_expires_at", "lease_expires_at"),
 )
 
 capabilities = Table(

@@ -6,7 +6,7 @@ identity available to the servicers (`current_identity()`), which scope every re
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -103,24 +103,6 @@ def _tenant_of(message: Message) -> str:
     return ""
 
 
-def _closed(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same kind that refuses every call."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is a streaming RPC, closed to API keys")
-
-    kind = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream is not None
-        else grpc.stream_unary_rpc_method_handler
-        if handler.stream_unary is not None
-        else grpc.stream_stream_rpc_method_handler
-    )
-    return kind(
-        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """`keys` None means authentication is off: every caller is LOCAL (a cluster operator)."""
 
@@ -146,17 +128,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         if handler.unary_unary is None:
-            # Only unary RPCs are authenticated so far: a streaming one stays closed until this learns it.
-            return handler if self._keys is None else _closed(handler, method)
+            return self._streaming(handler, method, handler_call_details.invocation_metadata)
         inner = handler.unary_unary
         metadata = handler_call_details.invocation_metadata
         audited = AUDITED.get(method)
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            identity = self.identify(metadata)
-            authorize(identity, method)
-            if self._limiter is not None and identity.key_id:
-                self._limiter.take(identity.key_id)
+            identity = self._admit(metadata, method)
             token = _identity.set(identity)
             try:
                 response = await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio
@@ -170,6 +148,51 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             authenticated,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
+        )
+
+    def _admit(self, metadata: Any, method: str) -> Identity:
+        identity = self.identify(metadata)
+        authorize(identity, method)
+        if self._limiter is not None and identity.key_id:
+            self._limiter.take(identity.key_id)
+        return identity
+
+    def _streaming(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str, metadata: Any
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A streaming RPC is admitted once, when it opens; its messages are not audited (heartbeats)."""
+        inner: Any = handler.unary_stream or handler.stream_stream
+        if inner is not None:
+
+            async def streamed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                token = _identity.set(self._admit(metadata, method))
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                finally:
+                    _identity.reset(token)
+
+            kind = (
+                grpc.unary_stream_rpc_method_handler
+                if handler.unary_stream is not None
+                else grpc.stream_stream_rpc_method_handler
+            )
+            return kind(
+                streamed,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        unary_inner: Any = handler.stream_unary
+
+        async def gathered(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            token = _identity.set(self._admit(metadata, method))
+            try:
+                return await unary_inner(request, context)
+            finally:
+                _identity.reset(token)
+
+        return grpc.stream_unary_rpc_method_handler(
+            gathered, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
 
     async def _audit(

@@ -6,6 +6,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from registry.domain.errors import InvalidArgument
@@ -82,6 +83,16 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
+def duration(seconds_: float) -> Duration:
+    whole = int(seconds_)
+    return Duration(seconds=whole, nanos=round((seconds_ - whole) * 1e9))
+
+
+def seconds(value: Duration) -> float:
+    """A Duration as float seconds; its range is checked where the field's meaning is known."""
+    return value.seconds + value.nanos / 1e9
+
+
 def datetime_from_proto(value: Timestamp, field: str) -> datetime:
     """A timestamp sent by a caller, in UTC; one that no datetime can hold is the caller's error."""
     try:
@@ -125,6 +136,7 @@ def agent_from_proto(msg: agent_pb2.Agent, field: str = "agent") -> Agent:
         capabilities=tuple(capability_from_proto(c) for c in msg.capabilities),
         visibility=visibility_from_proto(msg.visibility, f"{field}.visibility"),
         shared_with=tuple(msg.shared_with),
+        lease_ttl_s=seconds(msg.lease_ttl) if msg.HasField("lease_ttl") else None,
     )
 
 
@@ -167,6 +179,8 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
         generation=agent.generation,
         create_time=timestamp(agent.created_at),
         update_time=timestamp(agent.updated_at),
+        lease_ttl=duration(agent.lease_ttl_s) if agent.lease_ttl_s else None,
+        lease_expire_time=timestamp(agent.lease_expires_at) if agent.lease_expires_at else None,
     )
 
 
@@ -228,6 +242,7 @@ def discover_query_from_proto(msg: discovery_pb2.DiscoverRequest) -> DiscoverQue
         ),
         task_labels=dict(msg.task_labels),
         budget_id=msg.budget_id,
+        min_seq=msg.min_seq,
     )
 
 

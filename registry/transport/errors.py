@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import psycopg
+import sqlalchemy.exc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from registry.domain.errors import DomainError, ErrorCode, InvalidArgument
+from registry.domain.errors import DomainError, ErrorCode, InvalidArgument, Unavailable
+from registry.service.calls import call_deadline
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +55,80 @@ def status_for(error: DomainError) -> status_pb2.Status:
     return status_pb2.Status(code=CODE_MAP[error.code], message=error.message, details=details)
 
 
+DATABASE_RETRY_AFTER_S = 1.0
+# PostgreSQL SQLSTATEs that mean "the server is going away or not there yet", not "your query failed":
+# admin_shutdown (also pg_terminate_backend), crash_shutdown, cannot_connect_now (starting up, shutting
+# down, recovering) and too_many_connections. Class 08 (connection exceptions) counts too.
+_PG_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_UNAVAILABLE_PHRASES = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "connection refused",
+    "server closed the connection unexpectedly",
+    "terminating connection",
+    "connection timeout expired",
+)
+
+
+def _connectivity_reason(error: BaseException) -> str | None:
+    """Why `error` means the database cannot be reached at the moment, or None when it means anything else."""
+    if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool had no connection to give in time
+        return "no database connection became free in time"
+    original: BaseException | None = error
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        if error.connection_invalidated:
+            return "the connection to the database was lost"
+        original = error.orig
+    if isinstance(original, psycopg.OperationalError):
+        state = original.sqlstate
+        # Without a SQLSTATE the failure happened below SQL: refused, reset, timed out while connecting.
+        if state is None or state.startswith("08") or state in _PG_UNAVAILABLE_SQLSTATES:
+            return "the database is unreachable"
+    if isinstance(original, psycopg.OperationalError | sqlalchemy.exc.OperationalError):
+        text = str(original).lower()
+        if any(phrase in text for phrase in _UNAVAILABLE_PHRASES):
+            return "the database is unreachable"
+    return None
+
+
+def database_unavailable(error: BaseException) -> Unavailable | None:
+    """The Unavailable (with a retry hint) that a database connectivity failure becomes; None for any other
+    error, which keeps its own mapping. Follows `raise ... from` causes."""
+    current: BaseException | None = error
+    for _ in range(8):  # causes chain rarely runs deeper; a bound keeps a cycle from looping
+        if current is None:
+            return None
+        reason = _connectivity_reason(current)
+        if reason is not None:
+            return Unavailable(
+                f"{reason} (restarting, or connections dropped); retry in {DATABASE_RETRY_AFTER_S:g} s with "
+                "backoff. A write that failed this way may or may not have been applied: read it back or "
+                "send it again (RegisterAgent is an idempotent upsert; use expected_generation to detect races)",
+                retry_after_s=DATABASE_RETRY_AFTER_S,
+            )
+        current = current.__cause__
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class _Undecodable:
     reason: str
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Also caps how long any call may run (`max_call_s`), whatever deadline the caller sent."""
+    """Maps DomainError to its status, a lost or unreachable database to UNAVAILABLE with a retry hint, and
+    any other exception to INTERNAL with an id to find it in the log. Also caps how long a unary call may
+    run (`max_call_s`), whatever deadline the caller sent; streams run until either side closes them."""
 
     def __init__(self, max_call_s: float = 60.0):
         self._max_call_s = max_call_s
-
-    """Maps DomainError to its status; any other exception to INTERNAL with an id to find it in the log."""
 
     async def intercept_service(
         self,
@@ -70,9 +136,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
+        if handler is None:
+            return None
         method = handler_call_details.method
         deserialize = handler.request_deserializer
 
@@ -83,37 +148,80 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except DecodeError as exc:
                 return _Undecodable(str(exc))
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        def checked(request: Any) -> Any:
             if isinstance(request, _Undecodable):
-                error = InvalidArgument(
-                    "request", f"the message does not decode as {method}'s request: {request.reason}"
-                )
-                status = rpc_status.to_status(status_for(error))
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            remaining = context.time_remaining()
-            budget = self._max_call_s if remaining is None else min(remaining, self._max_call_s)
-            try:
-                async with asyncio.timeout(budget):
-                    return await inner(request, context)  # type: ignore[arg-type]  # stubs predate aio
-            except grpc.aio.AbortError:
-                raise
-            except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the call ran past its deadline (at most {self._max_call_s:g} s on this server)",
-                )
-            except DomainError as error:
-                status = rpc_status.to_status(status_for(error))
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except Exception:
-                incident = uuid.uuid4().hex[:12]
-                log.exception("internal error in %s (incident %s)", method, incident)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the server log"
-                )
+                raise InvalidArgument("request", f"the message does not decode as {method}'s request: {request.reason}")
+            return request
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=tolerant_deserializer,
-            response_serializer=handler.response_serializer,
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                remaining = context.time_remaining()
+                budget = self._max_call_s if remaining is None else min(remaining, self._max_call_s)
+                call_deadline.set(time.monotonic() + budget)
+                try:
+                    async with asyncio.timeout(budget):
+                        return await inner(checked(request), context)  # type: ignore[arg-type]  # stubs predate aio
+                except TimeoutError:
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the call ran past its deadline (at most {self._max_call_s:g} s on this server)",
+                    )
+                except Exception as exc:
+                    await _abort(exc, context, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                guarded, request_deserializer=tolerant_deserializer, response_serializer=handler.response_serializer
+            )
+
+        async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                yield checked(request)
+
+        if handler.unary_stream is not None or handler.stream_stream is not None:
+            streaming: Any = handler.unary_stream or handler.stream_stream
+            client_streams = handler.stream_stream is not None
+
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                try:
+                    source = checked_stream(request) if client_streams else checked(request)
+                    async for response in streaming(source, context):
+                        yield response
+                except Exception as exc:
+                    await _abort(exc, context, method)
+
+            kind = grpc.stream_stream_rpc_method_handler if client_streams else grpc.unary_stream_rpc_method_handler
+            return kind(
+                guarded_stream,
+                request_deserializer=tolerant_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        gathering: Any = handler.stream_unary
+
+        async def guarded_gather(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await gathering(checked_stream(requests), context)
+            except Exception as exc:
+                await _abort(exc, context, method)
+
+        return grpc.stream_unary_rpc_method_handler(
+            guarded_gather, request_deserializer=tolerant_deserializer, response_serializer=handler.response_serializer
         )
+
+
+async def _abort(exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    """End the call with the status this exception deserves."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, DomainError):
+        status = rpc_status.to_status(status_for(exc))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    unavailable = database_unavailable(exc)
+    if unavailable is not None:
+        log.warning("%s answered UNAVAILABLE: %s", method, _first_line(exc))
+        status = rpc_status.to_status(status_for(unavailable))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error in %s (incident %s)", method, incident, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the server log")

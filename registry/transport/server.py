@@ -85,7 +85,7 @@ class GrpcServer:
             self.server,
         )
 
-    async def start(self, host: str, port: int, tls: TlsFiles | None = None) -> int:
+    async def start(self, host: str, port: int, tls: TlsFiles | None = None, *, ready: bool = True) -> int:
         """Bind (with TLS, and client certificates when a client CA is given) and start; returns the
         bound port (useful when `port` is 0)."""
         if tls is None:
@@ -100,9 +100,14 @@ class GrpcServer:
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}; is another server using it? Pick one with --port")
         await self.server.start()
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_ready(ready)
         return bound
+
+    async def set_ready(self, ready: bool) -> None:
+        """What gRPC health says: NOT_SERVING keeps load balancers away (e.g. until the index caught up)."""
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
     async def stop(self, grace_s: float) -> None:
         """Say NOT_SERVING first so load balancers drain us, then finish in-flight calls."""

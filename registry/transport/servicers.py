@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import grpc
 from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
 
+from registry.domain.errors import InvalidArgument
 from registry.domain.models import AgentRef
 from registry.service.discovery_service import DiscoveryService
 from registry.service.registry_service import RegistryService
@@ -36,7 +39,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             agent=convert.agent_to_proto(result.agent),
             created=result.created,
             changed=result.changed,
-            consistency_token=result.seq,
+            consistency_token=result.token,
         )
 
     async def GetAgent(self, request: registry_pb2.GetAgentRequest, context: Context) -> registry_pb2.GetAgentResponse:
@@ -60,7 +63,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         result = await self._service.update_status(_scoped_ref(request.agent), status, request.expected_generation)
         assert result.agent is not None
         return registry_pb2.UpdateAgentStatusResponse(
-            agent=convert.agent_to_proto(result.agent), consistency_token=result.seq
+            agent=convert.agent_to_proto(result.agent), consistency_token=result.token
         )
 
     async def DeregisterAgent(
@@ -68,6 +71,52 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.DeregisterAgentResponse:
         result = await self._service.deregister(_scoped_ref(request.agent), request.expected_generation)
         return registry_pb2.DeregisterAgentResponse(consistency_token=result.seq)
+
+    async def Heartbeat(
+        self, request: registry_pb2.HeartbeatRequest, context: Context
+    ) -> registry_pb2.HeartbeatResponse:
+        return await self._renew(request)
+
+    async def KeepAlive(
+        self, request_iterator: AsyncIterator[registry_pb2.HeartbeatRequest], context: Context
+    ) -> AsyncIterator[registry_pb2.HeartbeatResponse]:
+        """Renew on each message and every third of the TTL until the caller closes the stream."""
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None:
+            return
+        answer = await self._renew(first)
+        yield answer
+        ref = first.agent
+        pending: asyncio.Future[registry_pb2.HeartbeatRequest | None] = asyncio.ensure_future(anext(requests, None))
+        try:
+            while True:
+                interval = max(convert.seconds(answer.lease_ttl) / 3, 0.1)
+                done, _ = await asyncio.wait({pending}, timeout=interval)
+                request = registry_pb2.HeartbeatRequest(agent=ref)
+                if done:
+                    message = pending.result()
+                    if message is None:  # the caller closed the stream: stop renewing
+                        return
+                    if message.HasField("agent") and message.agent != ref:
+                        raise InvalidArgument(
+                            "agent", "a KeepAlive stream renews one agent: the one its first message named"
+                        )
+                    request.MergeFrom(message)
+                    pending = asyncio.ensure_future(anext(requests, None))
+                answer = await self._renew(request)
+                yield answer
+        finally:
+            pending.cancel()
+
+    async def _renew(self, request: registry_pb2.HeartbeatRequest) -> registry_pb2.HeartbeatResponse:
+        ttl = convert.seconds(request.lease_ttl) if request.HasField("lease_ttl") else None
+        agent, seq = await self._service.heartbeat(_scoped_ref(request.agent), ttl)
+        return registry_pb2.HeartbeatResponse(
+            lease_expire_time=convert.timestamp(agent.lease_expires_at),
+            lease_ttl=convert.duration(agent.lease_ttl_s or 0.0),
+            consistency_token=seq,
+        )
 
 
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):

@@ -132,6 +132,19 @@ class AsyncCapregClient:
         )
         return await self._call(self._registry.DeregisterAgent, request, timeout)
 
+    async def heartbeat(
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        lease_ttl_s: float | None = None,
+        timeout: float | None = None,
+    ) -> registry_pb2.HeartbeatResponse:
+        """Renew the agent's lease (for lease_ttl_s from now when given, else its stored TTL)."""
+        request = requests.heartbeat(id, tenant, name, lease_ttl_s)
+        return await self._call(self._registry.Heartbeat, request, timeout)
+
     async def discover(
         self,
         text: str | None = None,
@@ -147,9 +160,11 @@ class AsyncCapregClient:
         budget_id: str = "",
         principal: str = "",
         roles: Sequence[str] = (),
+        min_seq: int = 0,
         timeout: float | None = None,
     ) -> discovery_pb2.DiscoverResponse:
-        """`principal` and `roles` say who is asking, for policies (sent as metadata)."""
+        """`principal` and `roles` say who is asking, for policies (sent as metadata). `min_seq`: a write's
+        consistency token, to read that write on any replica."""
         request = requests.discover(
             text,
             vector=vector,
@@ -161,6 +176,7 @@ class AsyncCapregClient:
             estimated_output_tokens=estimated_output_tokens,
             task_labels=task_labels,
             budget_id=budget_id,
+            min_seq=min_seq,
         )
         return await self._call(
             self._discovery.Discover, request, timeout, metadata=requests.caller_metadata(principal, roles)

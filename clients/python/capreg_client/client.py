@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -131,6 +132,50 @@ class CapregClient:
         )
         return self._call(self._registry.DeregisterAgent, request, timeout)
 
+    def heartbeat(
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        lease_ttl_s: float | None = None,
+        timeout: float | None = None,
+    ) -> registry_pb2.HeartbeatResponse:
+        """Renew the agent's lease (for lease_ttl_s from now when given, else its stored TTL)."""
+        request = requests.heartbeat(id, tenant, name, lease_ttl_s)
+        return self._call(self._registry.Heartbeat, request, timeout)
+
+    def keep_alive(
+        self,
+        name: str = "",
+        *,
+        tenant: str = "",
+        id: str = "",
+        lease_ttl_s: float | None = None,
+        until: threading.Event | None = None,
+    ) -> Iterator[registry_pb2.HeartbeatResponse]:
+        """Keep the agent's lease alive while this iterator runs: the server renews it every third of the
+        TTL and yields each renewal. Setting `until` (or closing the iterator) ends the stream; the lease
+        then runs out as usual."""
+        done = until or threading.Event()
+
+        def outgoing() -> Iterator[registry_pb2.HeartbeatRequest]:
+            yield requests.heartbeat(id, tenant, name, lease_ttl_s)
+            done.wait()
+
+        call = self._registry.KeepAlive(outgoing(), metadata=self._auth)
+        try:
+            for answer in call:
+                yield answer
+                if done.is_set():
+                    return
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(error) from None
+        finally:
+            done.set()
+            call.cancel()
+
     def discover(
         self,
         text: str | None = None,
@@ -146,9 +191,11 @@ class CapregClient:
         budget_id: str = "",
         principal: str = "",
         roles: Sequence[str] = (),
+        min_seq: int = 0,
         timeout: float | None = None,
     ) -> discovery_pb2.DiscoverResponse:
-        """`principal` and `roles` say who is asking, for policies (sent as metadata)."""
+        """`principal` and `roles` say who is asking, for policies (sent as metadata). `min_seq`: a write's
+        consistency token, to read that write on any replica."""
         request = requests.discover(
             text,
             vector=vector,
@@ -160,6 +207,7 @@ class CapregClient:
             estimated_output_tokens=estimated_output_tokens,
             task_labels=task_labels,
             budget_id=budget_id,
+            min_seq=min_seq,
         )
         return self._call(
             self._discovery.Discover, request, timeout, metadata=requests.caller_metadata(principal, roles)

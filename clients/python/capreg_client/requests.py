@@ -72,11 +72,17 @@ def discover(
     estimated_output_tokens: int | None = None,
     task_labels: Mapping[str, str] | None = None,
     budget_id: str = "",
+    min_seq: int = 0,
 ) -> discovery_pb2.DiscoverRequest:
     if (text is None) == (vector is None):
         raise ValueError("give exactly one of text or vector")
     request = discovery_pb2.DiscoverRequest(
-        tenant=tenant, top_k=top_k, filters=filters, task_labels=dict(task_labels or {}), budget_id=budget_id
+        tenant=tenant,
+        top_k=top_k,
+        filters=filters,
+        task_labels=dict(task_labels or {}),
+        budget_id=budget_id,
+        min_seq=min_seq,
     )
     if text is not None:
         request.text = text
@@ -112,3 +118,13 @@ def effect_value(effect: str | int) -> policy_pb2.PolicyEffect.ValueType:
         return EFFECT_NAMES[effect.lower()]
     except KeyError:
         raise ValueError(f"unknown effect {effect!r}; use allow or deny") from None
+
+
+def heartbeat(
+    id: str = "", tenant: str = "", name: str = "", lease_ttl_s: float | None = None
+) -> registry_pb2.HeartbeatRequest:
+    """A HeartbeatRequest; lease_ttl_s None keeps the stored TTL."""
+    request = registry_pb2.HeartbeatRequest(agent=agent_ref(id, tenant, name))
+    if lease_ttl_s is not None:
+        request.lease_ttl.FromNanoseconds(round(lease_ttl_s * 1e9))
+    return request

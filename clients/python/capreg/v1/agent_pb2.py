@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61preg/v1/agent.proto\x12\tcapreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x04\x43ost\x12\x14\n\x0cper_call_usd\x18\x01 \x01(\x01\x12\x1f\n\x17per_1k_input_tokens_usd\x18\x02 \x01(\x01\x12 \n\x18per_1k_output_tokens_usd\x18\x03 \x01(\x01\"\'\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\r\n\x05space\x18\x02 \x01(\t\"\x92\x03\n\nCapability\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08\x65xamples\x18\x05 \x03(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x13\n\x0binput_modes\x18\x07 \x03(\t\x12\x14\n\x0coutput_modes\x18\x08 \x03(\t\x12\x1d\n\x04\x63ost\x18\t \x01(\x0b\x32\x0f.capreg.v1.Cost\x12\x16\n\x0elatency_p50_ms\x18\n \x01(\x01\x12\x1a\n\rquality_prior\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07regions\x18\x0c \x03(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06vector\x18\x0f \x01(\x0b\x32\x11.capreg.v1.VectorB\x10\n\x0e_quality_prior\"\xe4\x03\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12,\n\x06labels\x18\x06 \x03(\x0b\x32\x1c.capreg.v1.Agent.LabelsEntry\x12&\n\x06status\x18\x07 \x01(\x0e\x32\x16.capreg.v1.AgentStatus\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12+\n\x0c\x63\x61pabilities\x18\t \x03(\x0b\x32\x15.capreg.v1.Capability\x12\x12\n\ngeneration\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\nvisibility\x18\r \x01(\x0e\x32\x15.capreg.v1.Visibility\x12\x13\n\x0bshared_with\x18\x0e \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x08\x41gentRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t*h\n\tAgentKind\x12\x1a\n\x16\x41GENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41GENT_KIND_MODEL\x10\x01\x12\x14\n\x10\x41GENT_KIND_AGENT\x10\x02\x12\x13\n\x0f\x41GENT_KIND_TOOL\x10\x03*z\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ACTIVE\x10\x01\x12\x19\n\x15\x41GENT_STATUS_DRAINING\x10\x02\x12\x19\n\x15\x41GENT_STATUS_INACTIVE\x10\x03*n\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_SHARED\x10\x02\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61preg/v1/agent.proto\x12\tcapreg.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x04\x43ost\x12\x14\n\x0cper_call_usd\x18\x01 \x01(\x01\x12\x1f\n\x17per_1k_input_tokens_usd\x18\x02 \x01(\x01\x12 \n\x18per_1k_output_tokens_usd\x18\x03 \x01(\x01\"\'\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\r\n\x05space\x18\x02 \x01(\t\"\x92\x03\n\nCapability\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08\x65xamples\x18\x05 \x03(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x13\n\x0binput_modes\x18\x07 \x03(\t\x12\x14\n\x0coutput_modes\x18\x08 \x03(\t\x12\x1d\n\x04\x63ost\x18\t \x01(\x0b\x32\x0f.capreg.v1.Cost\x12\x16\n\x0elatency_p50_ms\x18\n \x01(\x01\x12\x1a\n\rquality_prior\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07regions\x18\x0c \x03(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06vector\x18\x0f \x01(\x0b\x32\x11.capreg.v1.VectorB\x10\n\x0e_quality_prior\"\xc9\x04\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12,\n\x06labels\x18\x06 \x03(\x0b\x32\x1c.capreg.v1.Agent.LabelsEntry\x12&\n\x06status\x18\x07 \x01(\x0e\x32\x16.capreg.v1.AgentStatus\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12+\n\x0c\x63\x61pabilities\x18\t \x03(\x0b\x32\x15.capreg.v1.Capability\x12\x12\n\ngeneration\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\nvisibility\x18\r \x01(\x0e\x32\x15.capreg.v1.Visibility\x12\x13\n\x0bshared_with\x18\x0e \x03(\t\x12,\n\tlease_ttl\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x11lease_expire_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x08\x41gentRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t*h\n\tAgentKind\x12\x1a\n\x16\x41GENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41GENT_KIND_MODEL\x10\x01\x12\x14\n\x10\x41GENT_KIND_AGENT\x10\x02\x12\x13\n\x0f\x41GENT_KIND_TOOL\x10\x03*z\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ACTIVE\x10\x01\x12\x19\n\x15\x41GENT_STATUS_DRAINING\x10\x02\x12\x19\n\x15\x41GENT_STATUS_INACTIVE\x10\x03*n\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_SHARED\x10\x02\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENT_LABELSENTRY']._loaded_options = None
   _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTKIND']._serialized_start=1153
-  _globals['_AGENTKIND']._serialized_end=1257
-  _globals['_AGENTSTATUS']._serialized_start=1259
-  _globals['_AGENTSTATUS']._serialized_end=1381
-  _globals['_VISIBILITY']._serialized_start=1383
-  _globals['_VISIBILITY']._serialized_end=1493
-  _globals['_COST']._serialized_start=69
-  _globals['_COST']._serialized_end=164
-  _globals['_VECTOR']._serialized_start=166
-  _globals['_VECTOR']._serialized_end=205
-  _globals['_CAPABILITY']._serialized_start=208
-  _globals['_CAPABILITY']._serialized_end=610
-  _globals['_AGENT']._serialized_start=613
-  _globals['_AGENT']._serialized_end=1097
-  _globals['_AGENT_LABELSENTRY']._serialized_start=1052
-  _globals['_AGENT_LABELSENTRY']._serialized_end=1097
-  _globals['_AGENTREF']._serialized_start=1099
-  _globals['_AGENTREF']._serialized_end=1151
+  _globals['_AGENTKIND']._serialized_start=1286
+  _globals['_AGENTKIND']._serialized_end=1390
+  _globals['_AGENTSTATUS']._serialized_start=1392
+  _globals['_AGENTSTATUS']._serialized_end=1514
+  _globals['_VISIBILITY']._serialized_start=1516
+  _globals['_VISIBILITY']._serialized_end=1626
+  _globals['_COST']._serialized_start=101
+  _globals['_COST']._serialized_end=196
+  _globals['_VECTOR']._serialized_start=198
+  _globals['_VECTOR']._serialized_end=237
+  _globals['_CAPABILITY']._serialized_start=240
+  _globals['_CAPABILITY']._serialized_end=642
+  _globals['_AGENT']._serialized_start=645
+  _globals['_AGENT']._serialized_end=1230
+  _globals['_AGENT_LABELSENTRY']._serialized_start=1185
+  _globals['_AGENT_LABELSENTRY']._serialized_end=1230
+  _globals['_AGENTREF']._serialized_start=1232
+  _globals['_AGENTREF']._serialized_end=1284
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ field is listed in a `reserved` statement.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -287,6 +288,8 @@ class Agent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
     SHARED_WITH_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """output only"""
     tenant: _builtins.str
@@ -320,6 +323,19 @@ class Agent(_message.Message):
     def shared_with(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """tenants that may see a SHARED agent"""
 
+    @_builtins.property
+    def lease_ttl(self) -> _duration_pb2.Duration:
+        """A lease: the agent must send a Heartbeat (or keep a KeepAlive stream
+        open) at least this often, or Discover leaves it out and, after the
+        server's grace period, it is removed. Unset at registration: keep the
+        stored lease (none for a new agent); zero: no lease, never expires.
+        Registering a leased agent renews its lease.
+        """
+
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """output only; unset without a lease"""
+
     def __init__(
         self,
         *,
@@ -337,10 +353,12 @@ class Agent(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         visibility: Global___Visibility.ValueType = ...,
         shared_with: _abc.Iterable[_builtins.str] | None = ...,
+        lease_ttl: _duration_pb2.Duration | None = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lease_expire_time", b"lease_expire_time", "lease_ttl", b"lease_ttl", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "generation", b"generation", "id", b"id", "kind", b"kind", "labels", b"labels", "name", b"name", "shared_with", b"shared_with", "status", b"status", "tenant", b"tenant", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "generation", b"generation", "id", b"id", "kind", b"kind", "labels", b"labels", "lease_expire_time", b"lease_expire_time", "lease_ttl", b"lease_ttl", "name", b"name", "shared_with", b"shared_with", "status", b"status", "tenant", b"tenant", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

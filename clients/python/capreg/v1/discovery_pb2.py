@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from capreg.v1 import agent_pb2 as capreg_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61preg/v1/discovery.proto\x12\tcapreg.v1\x1a\x15\x63\x61preg/v1/agent.proto\"\x9c\x03\n\x0f\x44iscoverFilters\x12#\n\x05kinds\x18\x01 \x03(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08tags_all\x18\x02 \x03(\t\x12\x10\n\x08tags_any\x18\x03 \x03(\t\x12\x0f\n\x07regions\x18\x04 \x03(\t\x12\x13\n\x0binput_modes\x18\x05 \x03(\t\x12\x14\n\x0coutput_modes\x18\x06 \x03(\t\x12\x19\n\x0cmax_cost_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0emax_latency_ms\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmin_quality\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.capreg.v1.DiscoverFilters.LabelsEntry\x12\x17\n\x0f\x63\x61pability_name\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_max_cost_usdB\x11\n\x0f_max_latency_msB\x0e\n\x0c_min_quality\"\xba\x03\n\x0f\x44iscoverRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12#\n\x06vector\x18\x03 \x01(\x0b\x32\x11.capreg.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12+\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x1a.capreg.v1.DiscoverFilters\x12\x14\n\x0cvector_space\x18\x06 \x01(\t\x12#\n\x16\x65stimated_input_tokens\x18\x07 \x01(\rH\x01\x88\x01\x01\x12$\n\x17\x65stimated_output_tokens\x18\x08 \x01(\rH\x02\x88\x01\x01\x12?\n\x0btask_labels\x18\t \x03(\x0b\x32*.capreg.v1.DiscoverRequest.TaskLabelsEntry\x12\x11\n\tbudget_id\x18\n \x01(\t\x1a\x31\n\x0fTaskLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05queryB\x19\n\x17_estimated_input_tokensB\x1a\n\x18_estimated_output_tokens\"8\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\xe5\x02\n\x05Match\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12)\n\ncapability\x18\x06 \x01(\x0b\x32\x15.capreg.v1.Capability\x12\x12\n\nsimilarity\x18\x07 \x01(\x01\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x1a\n\x12\x65stimated_cost_usd\x18\t \x01(\x01\x12)\n\x0bscore_terms\x18\n \x03(\x0b\x32\x14.capreg.v1.ScoreTerm\x12,\n\x06labels\x18\x0b \x03(\x0b\x32\x1c.capreg.v1.Match.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"*\n\tExclusion\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xca\x01\n\x0b\x45xplanation\x12\x18\n\x10\x63\x61ndidates_total\x18\x01 \x01(\x03\x12\x1a\n\x12\x63\x61ndidates_allowed\x18\x02 \x01(\x03\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\'\n\x07timings\x18\x04 \x03(\x0b\x32\x16.capreg.v1.StageTiming\x12(\n\nexclusions\x18\x05 \x03(\x0b\x32\x14.capreg.v1.Exclusion\x12\x0f\n\x07hnsw_ef\x18\x06 \x01(\x05\x12\x13\n\x0bhnsw_rounds\x18\x07 \x01(\x05\"\x8b\x01\n\x10\x44iscoverResponse\x12!\n\x07matches\x18\x01 \x03(\x0b\x32\x10.capreg.v1.Match\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.capreg.v1.Explanation\x12\x14\n\x0cvector_space\x18\x03 \x01(\t\x12\x11\n\twatermark\x18\x04 \x01(\x03\x32W\n\x10\x44iscoveryService\x12\x43\n\x08\x44iscover\x12\x1a.capreg.v1.DiscoverRequest\x1a\x1b.capreg.v1.DiscoverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61preg/v1/discovery.proto\x12\tcapreg.v1\x1a\x15\x63\x61preg/v1/agent.proto\"\x9c\x03\n\x0f\x44iscoverFilters\x12#\n\x05kinds\x18\x01 \x03(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08tags_all\x18\x02 \x03(\t\x12\x10\n\x08tags_any\x18\x03 \x03(\t\x12\x0f\n\x07regions\x18\x04 \x03(\t\x12\x13\n\x0binput_modes\x18\x05 \x03(\t\x12\x14\n\x0coutput_modes\x18\x06 \x03(\t\x12\x19\n\x0cmax_cost_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0emax_latency_ms\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmin_quality\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.capreg.v1.DiscoverFilters.LabelsEntry\x12\x17\n\x0f\x63\x61pability_name\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_max_cost_usdB\x11\n\x0f_max_latency_msB\x0e\n\x0c_min_quality\"\xcb\x03\n\x0f\x44iscoverRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12#\n\x06vector\x18\x03 \x01(\x0b\x32\x11.capreg.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12+\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x1a.capreg.v1.DiscoverFilters\x12\x14\n\x0cvector_space\x18\x06 \x01(\t\x12#\n\x16\x65stimated_input_tokens\x18\x07 \x01(\rH\x01\x88\x01\x01\x12$\n\x17\x65stimated_output_tokens\x18\x08 \x01(\rH\x02\x88\x01\x01\x12?\n\x0btask_labels\x18\t \x03(\x0b\x32*.capreg.v1.DiscoverRequest.TaskLabelsEntry\x12\x11\n\tbudget_id\x18\n \x01(\t\x12\x0f\n\x07min_seq\x18\x0b \x01(\x03\x1a\x31\n\x0fTaskLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05queryB\x19\n\x17_estimated_input_tokensB\x1a\n\x18_estimated_output_tokens\"8\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\xe5\x02\n\x05Match\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12)\n\ncapability\x18\x06 \x01(\x0b\x32\x15.capreg.v1.Capability\x12\x12\n\nsimilarity\x18\x07 \x01(\x01\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x1a\n\x12\x65stimated_cost_usd\x18\t \x01(\x01\x12)\n\x0bscore_terms\x18\n \x03(\x0b\x32\x14.capreg.v1.ScoreTerm\x12,\n\x06labels\x18\x0b \x03(\x0b\x32\x1c.capreg.v1.Match.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"*\n\tExclusion\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xca\x01\n\x0b\x45xplanation\x12\x18\n\x10\x63\x61ndidates_total\x18\x01 \x01(\x03\x12\x1a\n\x12\x63\x61ndidates_allowed\x18\x02 \x01(\x03\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\'\n\x07timings\x18\x04 \x03(\x0b\x32\x16.capreg.v1.StageTiming\x12(\n\nexclusions\x18\x05 \x03(\x0b\x32\x14.capreg.v1.Exclusion\x12\x0f\n\x07hnsw_ef\x18\x06 \x01(\x05\x12\x13\n\x0bhnsw_rounds\x18\x07 \x01(\x05\"\x8b\x01\n\x10\x44iscoverResponse\x12!\n\x07matches\x18\x01 \x03(\x0b\x32\x10.capreg.v1.Match\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.capreg.v1.Explanation\x12\x14\n\x0cvector_space\x18\x03 \x01(\t\x12\x11\n\twatermark\x18\x04 \x01(\x03\x32W\n\x10\x44iscoveryService\x12\x43\n\x08\x44iscover\x12\x1a.capreg.v1.DiscoverRequest\x1a\x1b.capreg.v1.DiscoverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISCOVERFILTERS_LABELSENTRY']._serialized_start=379
   _globals['_DISCOVERFILTERS_LABELSENTRY']._serialized_end=424
   _globals['_DISCOVERREQUEST']._serialized_start=479
-  _globals['_DISCOVERREQUEST']._serialized_end=921
-  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_start=808
-  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_end=857
-  _globals['_SCORETERM']._serialized_start=923
-  _globals['_SCORETERM']._serialized_end=979
-  _globals['_MATCH']._serialized_start=982
-  _globals['_MATCH']._serialized_end=1339
+  _globals['_DISCOVERREQUEST']._serialized_end=938
+  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_start=825
+  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_end=874
+  _globals['_SCORETERM']._serialized_start=940
+  _globals['_SCORETERM']._serialized_end=996
+  _globals['_MATCH']._serialized_start=999
+  _globals['_MATCH']._serialized_end=1356
   _globals['_MATCH_LABELSENTRY']._serialized_start=379
   _globals['_MATCH_LABELSENTRY']._serialized_end=424
-  _globals['_STAGETIMING']._serialized_start=1341
-  _globals['_STAGETIMING']._serialized_end=1381
-  _globals['_EXCLUSION']._serialized_start=1383
-  _globals['_EXCLUSION']._serialized_end=1425
-  _globals['_EXPLANATION']._serialized_start=1428
-  _globals['_EXPLANATION']._serialized_end=1630
-  _globals['_DISCOVERRESPONSE']._serialized_start=1633
-  _globals['_DISCOVERRESPONSE']._serialized_end=1772
-  _globals['_DISCOVERYSERVICE']._serialized_start=1774
-  _globals['_DISCOVERYSERVICE']._serialized_end=1861
+  _globals['_STAGETIMING']._serialized_start=1358
+  _globals['_STAGETIMING']._serialized_end=1398
+  _globals['_EXCLUSION']._serialized_start=1400
+  _globals['_EXCLUSION']._serialized_end=1442
+  _globals['_EXPLANATION']._serialized_start=1445
+  _globals['_EXPLANATION']._serialized_end=1647
+  _globals['_DISCOVERRESPONSE']._serialized_start=1650
+  _globals['_DISCOVERRESPONSE']._serialized_end=1789
+  _globals['_DISCOVERYSERVICE']._serialized_start=1791
+  _globals['_DISCOVERYSERVICE']._serialized_end=1878
 # @@protoc_insertion_point(module_scope)

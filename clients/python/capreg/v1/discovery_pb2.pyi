@@ -157,6 +157,7 @@ class DiscoverRequest(_message.Message):
     ESTIMATED_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TASK_LABELS_FIELD_NUMBER: _builtins.int
     BUDGET_ID_FIELD_NUMBER: _builtins.int
+    MIN_SEQ_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """"default" when empty"""
     text: _builtins.str
@@ -170,6 +171,11 @@ class DiscoverRequest(_message.Message):
     budget_id: _builtins.str
     """A budget (BudgetService) whose remaining money bounds each candidate's
     estimated cost.
+    """
+    min_seq: _builtins.int
+    """Read-your-writes: answer only once this server reflects every change up
+    to this consistency token (as returned by a write, on any replica),
+    waiting within the call's deadline. 0: answer from what is here now.
     """
     @_builtins.property
     def vector(self) -> _agent_pb2.Vector:
@@ -194,10 +200,11 @@ class DiscoverRequest(_message.Message):
         estimated_output_tokens: _builtins.int | None = ...,
         task_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         budget_id: _builtins.str = ...,
+        min_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "budget_id", b"budget_id", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "task_labels", b"task_labels", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "budget_id", b"budget_id", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "min_seq", b"min_seq", "query", b"query", "task_labels", b"task_labels", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__estimated_input_tokens: _TypeAlias = _typing.Literal["estimated_input_tokens"]  # noqa: Y015
     _WhichOneofArgType__estimated_input_tokens: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens"]  # noqa: Y015

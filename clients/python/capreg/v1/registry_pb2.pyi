@@ -6,7 +6,9 @@ Registration and lookup of agents."""
 from capreg.v1 import agent_pb2 as _agent_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -58,8 +60,9 @@ class RegisterAgentResponse(_message.Message):
     changed: _builtins.bool
     """false when the request matched what was stored"""
     consistency_token: _builtins.int
-    """Change sequence number of this write (0 when nothing changed): a
-    consistency token for read-your-writes.
+    """The change sequence number of this write (when nothing changed, of the
+    newest change when the agent was read): a consistency token. Pass it as
+    Discover's `min_seq`, on any replica, to read this write.
     """
     @_builtins.property
     def agent(self) -> _agent_pb2.Agent: ...
@@ -299,3 +302,56 @@ class DeregisterAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeregisterAgentResponse: _TypeAlias = DeregisterAgentResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _agent_pb2.AgentRef: ...
+    @_builtins.property
+    def lease_ttl(self) -> _duration_pb2.Duration:
+        """A new TTL for the lease (and every later one); unset: the stored TTL."""
+
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.AgentRef | None = ...,
+        lease_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "lease_ttl", b"lease_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "lease_ttl", b"lease_ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.int
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def lease_ttl(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        lease_ttl: _duration_pb2.Duration | None = ...,
+        consistency_token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "lease_ttl", b"lease_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "lease_expire_time", b"lease_expire_time", "lease_ttl", b"lease_ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015

@@ -59,6 +59,16 @@ class RegistryServiceStub:
                 request_serializer=capreg_dot_v1_dot_registry__pb2.DeregisterAgentRequest.SerializeToString,
                 response_deserializer=capreg_dot_v1_dot_registry__pb2.DeregisterAgentResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/capreg.v1.RegistryService/Heartbeat',
+                request_serializer=capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.KeepAlive = channel.stream_stream(
+                '/capreg.v1.RegistryService/KeepAlive',
+                request_serializer=capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -96,6 +106,23 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Renews a leased agent's lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepAlive(self, request_iterator, context):
+        """Keeps a lease alive while the stream is open: the server renews it on
+        each request message and by itself every third of the TTL, answering
+        each renewal. The first message names the agent. Closing the stream
+        stops the renewals; the lease then runs out as usual.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +150,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DeregisterAgent,
                     request_deserializer=capreg_dot_v1_dot_registry__pb2.DeregisterAgentRequest.FromString,
                     response_serializer=capreg_dot_v1_dot_registry__pb2.DeregisterAgentResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'KeepAlive': grpc.stream_stream_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +297,60 @@ class RegistryService:
             '/capreg.v1.RegistryService/DeregisterAgent',
             capreg_dot_v1_dot_registry__pb2.DeregisterAgentRequest.SerializeToString,
             capreg_dot_v1_dot_registry__pb2.DeregisterAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.RegistryService/Heartbeat',
+            capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
+            capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/capreg.v1.RegistryService/KeepAlive',
+            capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
+            capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

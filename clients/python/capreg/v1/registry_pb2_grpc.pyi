@@ -39,6 +39,14 @@ class RegistryServiceStub:
     ListAgents: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAgentsRequest, _registry_pb2.ListAgentsResponse]
     UpdateAgentStatus: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateAgentStatusRequest, _registry_pb2.UpdateAgentStatusResponse]
     DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeregisterAgentRequest, _registry_pb2.DeregisterAgentResponse]
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]
+    """Renews a leased agent's lease."""
+    KeepAlive: _grpc.StreamStreamMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]
+    """Keeps a lease alive while the stream is open: the server renews it on
+    each request message and by itself every third of the TTL, answering
+    each renewal. The first message names the agent. Closing the stream
+    stops the renewals; the lease then runs out as usual.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -51,6 +59,14 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListAgents: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAgentsRequest, _registry_pb2.ListAgentsResponse]  # type: ignore[assignment]
     UpdateAgentStatus: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateAgentStatusRequest, _registry_pb2.UpdateAgentStatusResponse]  # type: ignore[assignment]
     DeregisterAgent: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeregisterAgentRequest, _registry_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """Renews a leased agent's lease."""
+    KeepAlive: _aio.StreamStreamMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """Keeps a lease alive while the stream is open: the server renews it on
+    each request message and by itself every third of the TTL, answering
+    each renewal. The first message names the agent. Closing the stream
+    stops the renewals; the lease then runs out as usual.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +106,25 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeregisterAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeregisterAgentResponse, _abc.Awaitable[_registry_pb2.DeregisterAgentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _registry_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.HeartbeatResponse, _abc.Awaitable[_registry_pb2.HeartbeatResponse]]:
+        """Renews a leased agent's lease."""
+
+    @_abc_1.abstractmethod
+    def KeepAlive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_registry_pb2.HeartbeatRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.HeartbeatResponse], _abc.AsyncIterator[_registry_pb2.HeartbeatResponse]]:
+        """Keeps a lease alive while the stream is open: the server renews it on
+        each request message and by itself every third of the TTL, answering
+        each renewal. The first message names the agent. Closing the stream
+        stops the renewals; the lease then runs out as usual.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,148 @@
+"""Follows the change log into this process's index: the one path by which any write, made here or on
+another replica, reaches Discover.
+
+Every server process runs one follower. It reads committed changes after its position (gap-safe, see
+registry/store/changelog.py), re-reads the current state of each agent they name and makes the index
+match it; other entities (policies, keys) go to their own handlers. A write made here waits for the
+follower to pass its seq before it answers, so the writer reads its writes; on any other replica
+`Discover(min_seq=token)` waits the same way. NOTIFY on PostgreSQL wakes the follower at once; a poll
+every `poll_s` is the fallback and the only trigger on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from registry.domain.errors import InvalidArgument
+from registry.service.serving import ServingSpace
+from registry.store import changelog
+from registry.store.changelog import ChangeRow
+from registry.store.repository import RegistryStore
+
+log = logging.getLogger(__name__)
+Handler = Callable[[], Awaitable[object]]
+
+
+class ChangeFollower:
+    def __init__(
+        self,
+        store: RegistryStore,
+        serving: ServingSpace,
+        *,
+        handlers: Mapping[str, Handler] | None = None,
+        poll_s: float = 0.5,
+        batch: int = 1000,
+    ):
+        self._store = store
+        self._serving = serving
+        self._handlers = dict(handlers or {})
+        self._poll_s = poll_s
+        self._batch = batch
+        self.position = serving.index.watermark  # every change up to here is applied
+        self._lock = asyncio.Lock()  # one catch-up at a time; also held by snapshots
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.caught_up = asyncio.Event()  # set once the index has reached the log's head
+        self.applied = 0  # changes applied since start
+        self.last_error = ""
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while the index changes; hold it to read the index at one consistent position."""
+        return self._lock
+
+    def wake(self) -> None:
+        """Something committed: read the log now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="change-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def catch_up(self, target: int = 0) -> int:
+        """Apply every committed change after the position; returns the new position. With a target,
+        returns as soon as the position has reached it (without reading the log when it already has)."""
+        async with self._lock:
+            while not (target and self.position >= target):
+                rows = await asyncio.to_thread(self._read, self.position)
+                if rows:
+                    await self._apply(rows)
+                if len(rows) < self._batch:
+                    self.caught_up.set()
+                    break
+        return self.position
+
+    async def sync(self, seq: int) -> None:
+        """Until change `seq` (a write's token) is applied here. A token ahead of every committed change
+        is the caller's error: it was not issued by a write to this database."""
+        if self.position >= seq:
+            return
+        if await self.catch_up(seq) < seq:
+            raise InvalidArgument(
+                "min_seq",
+                f"is ahead of every committed change (the newest is {self.position}); "
+                "send a consistency token that a write to this registry returned",
+            )
+
+    async def _run(self) -> None:
+        backoff = self._poll_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            self._wake.clear()
+            try:
+                await self.catch_up()
+            except Exception as exc:  # the database went away; keep serving what we have and retry
+                if not self.last_error:
+                    log.warning("the change-log follower cannot read the log (%s); retrying", _first_line(exc))
+                self.last_error = _first_line(exc)
+                backoff = min(max(backoff * 2, self._poll_s), 5.0)
+            else:
+                if self.last_error:
+                    log.info("the change-log follower is reading the log again")
+                self.last_error = ""
+                backoff = self._poll_s
+
+    def _read(self, after: int) -> Sequence[ChangeRow]:
+        with self._store.engine.connect() as conn:
+            return changelog.read_after(conn, after, self._batch)
+
+    async def _apply(self, rows: Sequence[ChangeRow]) -> None:
+        started = time.perf_counter()
+        agents: dict[str, int] = {}  # agent id -> its newest seq in this batch
+        others: set[str] = set()
+        for row in rows:
+            if row.entity == "agent":
+                agents[row.entity_id] = row.seq
+            else:
+                others.add(row.entity)
+        index = self._serving.index
+        if agents:
+            known = index.text_hashes(set(agents))
+            state = await asyncio.to_thread(self._store.index_state, list(agents), self._serving.space.id, known)
+            for agent_id, seq in agents.items():
+                index.replace_agent(agent_id, state.get(agent_id, []), seq)
+        for entity in sorted(others):
+            handler = self._handlers.get(entity)
+            if handler is not None:
+                await handler()
+        self.applied += len(rows)
+        self.position = index.watermark = rows[-1].seq
+        log.debug("applied %d changes up to %d in %.1f ms", len(rows), self.position, _ms(started))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

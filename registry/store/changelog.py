@@ -1,0 +1,73 @@
+"""The change log: one row per committed write, in commit order, that every server process follows.
+
+A bigserial alone is not gap-safe: transaction A can take seq 10, transaction B seq 11, and B commit
+first; a follower that read 11 and moved its watermark past 10 would never see A. So `append` takes a
+transaction-scoped advisory lock before it draws the sequence number. The lock is held until commit,
+so seq N+1 is drawn only after N's transaction has ended: any committed row a follower can see has
+every lower committed seq visible too, and a follower may read `seq > watermark` without waiting for
+gaps (a gap is a rolled-back write and never fills). Writers append as the last statement of their
+transaction, so the lock is held only for the insert and the commit. SQLite has one writer at a time
+(BEGIN IMMEDIATE), which gives the same order without a lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, func, insert, select, text
+
+from registry.store import tables as t
+from registry.store.notify import notify
+
+# pg_advisory_xact_lock key: "capreg" + "log" in ASCII, chosen not to collide with other users' keys.
+LOG_LOCK_KEY = 0x6361707265676C6F
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRow:
+    seq: int
+    tenant: str
+    entity: str
+    entity_id: str
+    op: str
+
+
+def append(conn: Connection, tenant: str, entity: str, entity_id: str, op: str, now: datetime | None = None) -> int:
+    """Log one change in the caller's transaction; returns its seq, the write's consistency token."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK_KEY})
+    notify(conn, entity)
+    key = conn.execute(
+        insert(t.change_log).values(
+            tenant_id=tenant, entity=entity, entity_id=entity_id, op=op, created_at=now or datetime.now(UTC)
+        )
+    ).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def read_after(conn: Connection, after: int, limit: int) -> Sequence[ChangeRow]:
+    """Committed changes with seq > after, oldest first."""
+    rows = conn.execute(
+        select(
+            t.change_log.c.seq,
+            t.change_log.c.tenant_id,
+            t.change_log.c.entity,
+            t.change_log.c.entity_id,
+            t.change_log.c.op,
+        )
+        .where(t.change_log.c.seq > after)
+        .order_by(t.change_log.c.seq)
+        .limit(limit)
+    )
+    return [ChangeRow(int(seq), tenant, entity, entity_id, op) for seq, tenant, entity, entity_id, op in rows]
+
+
+def last_seq(conn: Connection, entities: Sequence[str] = ()) -> int:
+    """The newest committed seq (of these entities, when given); 0 for an empty log."""
+    stmt = select(func.coalesce(func.max(t.change_log.c.seq), 0))
+    if entities:
+        stmt = stmt.where(t.change_log.c.entity.in_(list(entities)))
+    return int(conn.execute(stmt).scalar_one())

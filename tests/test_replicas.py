@@ -1,0 +1,108 @@
+"""Replicas over one PostgreSQL follow the change log: a write on one, read with its token on another,
+is always seen; without the token they converge; policies and keys travel the same way."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from capreg.v1 import agent_pb2, policy_pb2
+from capreg_client import CapregClient, CapregError
+
+from registry.embedding.sentence import SentenceTransformerEmbedder
+from tests import support
+from tests.support import ServerThread, make_agent, make_capability, running_server
+
+DIM = 384
+TENANT = "replicas"
+
+
+@pytest.fixture
+def replicas(pg_database: str, tmp_path: Path, embedder: SentenceTransformerEmbedder) -> Iterator[list[ServerThread]]:
+    """Three servers on one database. Polling is off: only NOTIFY or a token moves a follower."""
+    engine = support.migrated_engine(pg_database)
+    support.empty_tables(engine)
+    engine.dispose()
+    with (
+        running_server(tmp_path / "a", pg_database, embedder, change_poll_s=3600) as a,
+        running_server(tmp_path / "b", pg_database, embedder, change_poll_s=3600) as b,
+        running_server(tmp_path / "c", pg_database, embedder, change_poll_s=3600) as c,
+    ):
+        yield [a, b, c]
+
+
+def vector_agent(name: str, vector: np.ndarray, **fields: object) -> agent_pb2.Agent:
+    cap = make_capability("route", vector=agent_pb2.Vector(values=vector.tolist()))
+    return make_agent(name, cap, tenant=TENANT, **fields)
+
+
+def top_names(client: CapregClient, vector: np.ndarray, min_seq: int = 0, k: int = 1) -> list[str]:
+    answer = client.discover(vector=vector.tolist(), tenant=TENANT, top_k=k, min_seq=min_seq)
+    return [m.agent_name for m in answer.matches]
+
+
+def test_a_write_on_one_replica_is_read_with_its_token_on_every_other(replicas: list[ServerThread]) -> None:
+    rng = np.random.default_rng(5)
+    clients = [CapregClient(r.target, timeout=30) for r in replicas]
+    try:
+        for i in range(30):
+            writer, reader = clients[i % 3], clients[(i + 1) % 3]
+            vector = support.unit(rng.standard_normal(DIM).astype(np.float32))
+            written = writer.register_agent(vector_agent(f"agent-{i}", vector))
+            assert top_names(reader, vector, min_seq=written.consistency_token) == [f"agent-{i}"]
+            if i % 5 == 4:  # status changes and removals travel the same way
+                drained = writer.update_agent_status(f"agent-{i}", "draining", tenant=TENANT)
+                assert f"agent-{i}" not in top_names(reader, vector, drained.consistency_token, k=3)
+                gone = writer.deregister_agent(f"agent-{i}", tenant=TENANT)
+                assert f"agent-{i}" not in top_names(clients[(i + 2) % 3], vector, gone.consistency_token, k=3)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_without_a_token_replicas_converge_and_agree(replicas: list[ServerThread]) -> None:
+    a = replicas[0]
+    rng = np.random.default_rng(6)
+    with CapregClient(a.target) as writer:
+        last = 0
+        for i in range(20):
+            vector = support.unit(rng.standard_normal(DIM).astype(np.float32))
+            last = writer.register_agent(vector_agent(f"agent-{i}", vector)).consistency_token
+    deadline = time.monotonic() + 20
+    while min(r.app.follower.position for r in replicas) < last:  # NOTIFY wakes them; nothing polls
+        assert time.monotonic() < deadline, "a replica never caught up"
+        time.sleep(0.01)
+    digests = {r.run(_digest(r)) for r in replicas}
+    assert digests == {a.app.store.index_digest(a.app.serving.space.id)}
+
+
+async def _digest(server: ServerThread) -> str:
+    async with server.app.follower.lock:
+        return server.app.serving.index.digest()
+
+
+def test_a_token_ahead_of_the_log_is_refused(replicas: list[ServerThread]) -> None:
+    with CapregClient(replicas[1].target) as client, pytest.raises(CapregError) as refused:
+        client.discover("anything", tenant=TENANT, min_seq=10**12)
+    assert refused.value.code.name == "INVALID_ARGUMENT" and refused.value.field == "min_seq"
+
+
+def test_a_policy_written_on_one_replica_applies_with_its_token_on_another(replicas: list[ServerThread]) -> None:
+    a, b, _ = replicas
+    vector = support.unit(np.ones(DIM, dtype=np.float32))
+    with CapregClient(a.target) as on_a, CapregClient(b.target) as on_b:
+        registered = on_a.register_agent(vector_agent("tagged", vector))
+        assert top_names(on_b, vector, min_seq=registered.consistency_token) == ["tagged"]
+        created = on_a.create_policy(
+            policy_pb2.Policy(
+                tenant=TENANT,
+                name="no-test-tools",
+                effect=policy_pb2.POLICY_EFFECT_DENY,
+                subject=policy_pb2.PolicySubject(everyone=True),
+                target=policy_pb2.PolicyTarget(tags_any=["test"]),
+            )
+        )
+        assert top_names(on_b, vector, min_seq=created.consistency_token) == []
