@@ -24,6 +24,7 @@ from registry.index import snapshot
 from registry.index.hnsw import HnswParams
 from registry.index.space_index import PlannerParams, SpaceIndex
 from registry.manifest import load_agents
+from registry.service.admin_service import AdminService
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.follower import ChangeFollower
@@ -31,7 +32,7 @@ from registry.service.key_service import KeyService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.service.serving import ServingSpace
-from registry.service.snapshots import SnapshotKeeper
+from registry.service.snapshots import SnapshotKeeper, Startup
 from registry.store import migrate
 from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
@@ -69,16 +70,6 @@ def prepare_database(settings: Settings) -> Engine:
             "run `capreg migrate` first"
         )
     return engine
-
-
-@dataclass(frozen=True, slots=True)
-class Startup:
-    """How the index was loaded: from a snapshot, or rebuilt from the database (and why)."""
-
-    source: str  # "snapshot" | "database"
-    reason: str
-    seconds: float
-    watermark: int
 
 
 async def load_index(
@@ -269,8 +260,16 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             "AUTHENTICATION IS OFF: every caller acts as a cluster operator. Use this for local development only."
         )
     discovery = DiscoveryService(serving, budgets=budgets, policies=policies.rules_for, sync=follower.sync)
+    admin = AdminService(store, serving, follower, snapshots, startup)
     server = GrpcServer(
-        registry, discovery, policies, budgets, keys, authenticate=settings.auth_enabled, limits=settings.limits()
+        registry,
+        discovery,
+        policies,
+        budgets,
+        keys,
+        admin,
+        authenticate=settings.auth_enabled,
+        limits=settings.limits(),
     )
     return App(
         settings,

@@ -24,7 +24,7 @@ from typing import Any
 import capreg.v1
 import grpc
 import pytest
-from capreg.v1 import agent_pb2, budget_pb2, discovery_pb2, keys_pb2, policy_pb2, registry_pb2
+from capreg.v1 import admin_pb2, agent_pb2, budget_pb2, discovery_pb2, keys_pb2, policy_pb2, registry_pb2
 from capreg_client import CapregClient, CapregError
 from click.testing import CliRunner
 from google.protobuf import duration_pb2
@@ -222,6 +222,7 @@ def policy_ref(found: policy_pb2.Policy, tenant: str, by_id: bool) -> policy_pb2
 REG, DISC = "/capreg.v1.RegistryService/", "/capreg.v1.DiscoveryService/"
 BUD, POL = "/capreg.v1.BudgetService/", "/capreg.v1.PolicyService/"
 KEYS, AUDIT = "/capreg.v1.KeyService/", "/capreg.v1.AuditService/"
+ADMIN = "/capreg.v1.AdminService/"
 ACTIVE = agent_pb2.AGENT_STATUS_ACTIVE
 
 # Destructive RPCs (deregister, delete, commit, release, revoke) act on something made for the call.
@@ -319,6 +320,7 @@ CASES: dict[str, Case] = {
     ),
     KEYS + "ListKeys": Case(lambda w, t, f, i: keys_pb2.ListKeysRequest(tenant=f), listed="keys"),
     KEYS + "RevokeKey": Case(lambda w, t, f, i: keys_pb2.RevokeKeyRequest(id=w.new_key(t)), named=False, by_id=True),
+    ADMIN + "GetIndexStatus": Case(lambda w, t, f, i: admin_pb2.GetIndexStatusRequest(), named=False),
     AUDIT + "ListAudit": Case(lambda w, t, f, i: keys_pb2.ListAuditRequest(tenant=f, limit=1000), listed="entries"),
 }
 

@@ -26,6 +26,7 @@ from registry.cli.budgets import budgets
 from registry.cli.common import CONTEXT, call, client_options, fail, json_option
 from registry.cli.keys import audit, keys
 from registry.cli.policies import policies
+from registry.cli.status import status
 from registry.manifest import ManifestError, load_agents
 
 
@@ -450,6 +451,7 @@ cli.add_command(policies)
 cli.add_command(budgets)
 cli.add_command(keys)
 cli.add_command(audit)
+cli.add_command(status)
 
 
 def main() -> None:

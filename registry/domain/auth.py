@@ -137,6 +137,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "/capreg.v1.KeyService/ListKeys": _ADMIN,
     "/capreg.v1.KeyService/RevokeKey": _ADMIN,
     "/capreg.v1.AuditService/ListAudit": _ADMIN,
+    "/capreg.v1.AdminService/GetIndexStatus": _ADMIN,
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from registry.index import snapshot
@@ -16,6 +18,16 @@ from registry.service.follower import ChangeFollower
 from registry.service.serving import ServingSpace
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Startup:
+    """How the index was loaded: from a snapshot, or rebuilt from the database (and why)."""
+
+    source: str  # "snapshot" | "database"
+    reason: str
+    seconds: float
+    watermark: int
 
 
 class SnapshotKeeper:
@@ -29,10 +41,17 @@ class SnapshotKeeper:
         self.written = 0
         self.failed = 0
         self._saved_watermark = -1
+        self.saved_at: datetime | None = None
 
     def loaded_from(self, watermark: int) -> None:
         """The index came from a snapshot at this watermark: no need to write it again until it moves."""
         self._saved_watermark = watermark
+        self.saved_at = None
+
+    @property
+    def saved_watermark(self) -> int:
+        """Of the last snapshot written or loaded; 0 for none."""
+        return max(self._saved_watermark, 0)
 
     async def write_now(self) -> SnapshotInfo | None:
         """Snapshot the index unless the last one is at its watermark already."""
@@ -47,6 +66,7 @@ class SnapshotKeeper:
                 self.last_error = str(exc)
                 raise
         self.last, self.last_error, self._saved_watermark = info, "", info.watermark
+        self.saved_at = datetime.now(UTC)
         self.written += 1
         log.info(
             "snapshot of %s at change %d: %d rows, %.1f MB in %.2f s",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 from capreg.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     budget_pb2,
     budget_pb2_grpc,
     discovery_pb2,
@@ -19,11 +21,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from registry.config import ServerLimits, TlsFiles
+from registry.service.admin_service import AdminService
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.key_service import KeyService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
+from registry.transport.admin_servicer import AdminServicer
 from registry.transport.auth import AuthInterceptor
 from registry.transport.budget_servicer import BudgetServicer
 from registry.transport.errors import ErrorInterceptor
@@ -39,6 +43,7 @@ SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -50,6 +55,7 @@ class GrpcServer:
         policies: PolicyService,
         budgets: BudgetService,
         keys: KeyService,
+        admin: AdminService,
         authenticate: bool = True,
         limits: ServerLimits | None = None,
     ):
@@ -74,6 +80,7 @@ class GrpcServer:
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(budgets), self.server)
         keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys), self.server)
         keys_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(keys), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

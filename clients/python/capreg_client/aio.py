@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import grpc
 from capreg.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     agent_pb2,
     budget_pb2,
     budget_pb2_grpc,
@@ -58,6 +60,7 @@ class AsyncCapregClient:
         self._keys = keys_pb2_grpc.KeyServiceStub(self._channel)
         self._audit = keys_pb2_grpc.AuditServiceStub(self._channel)
         self._budgets = budget_pb2_grpc.BudgetServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncCapregClient:
         return self
@@ -190,6 +193,10 @@ class AsyncCapregClient:
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def index_status(self, *, timeout: float | None = None) -> admin_pb2.IndexStatus:
+        """How this server's index stands: watermark, log head, digest, start-up, last snapshot."""
+        return await self._call(self._admin.GetIndexStatus, admin_pb2.GetIndexStatusRequest(), timeout)
 
     # -- policies ------------------------------------------------------------------------------------
 
