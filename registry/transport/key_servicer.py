@@ -36,18 +36,18 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
     async def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: Context) -> keys_pb2.CreateKeyResponse:
         expires = datetime_from_proto(request.expire_time, "expire_time") if request.HasField("expire_time") else None
-        key, token, _ = await self._service.create(
+        key, token, seq = await self._service.create(
             current_identity(), request.tenant, request.name, list(request.roles), expires
         )
-        return keys_pb2.CreateKeyResponse(key=key_to_proto(key), token=token)
+        return keys_pb2.CreateKeyResponse(key=key_to_proto(key), token=token, consistency_token=seq)
 
     async def ListKeys(self, request: keys_pb2.ListKeysRequest, context: Context) -> keys_pb2.ListKeysResponse:
         keys = await self._service.list_keys(current_identity(), request.tenant)
         return keys_pb2.ListKeysResponse(keys=[key_to_proto(k) for k in keys])
 
     async def RevokeKey(self, request: keys_pb2.RevokeKeyRequest, context: Context) -> keys_pb2.RevokeKeyResponse:
-        key, _ = await self._service.revoke(current_identity(), request.id)
-        return keys_pb2.RevokeKeyResponse(key=key_to_proto(key))
+        key, seq = await self._service.revoke(current_identity(), request.id)
+        return keys_pb2.RevokeKeyResponse(key=key_to_proto(key), consistency_token=seq)
 
 
 class AuditServicer(keys_pb2_grpc.AuditServiceServicer):

@@ -70,5 +70,5 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.TenantSettings:
         effect: PolicyEffect = effect_from_proto(request.settings.default_effect, "settings.default_effect")
         tenant = scoped_tenant(request.settings.tenant, "settings.tenant")
-        await self._service.set_default_effect(tenant, effect)
-        return policy_pb2.TenantSettings(tenant=tenant, default_effect=EFFECT_TO_PROTO[effect])
+        seq = await self._service.set_default_effect(tenant, effect)
+        return policy_pb2.TenantSettings(tenant=tenant, default_effect=EFFECT_TO_PROTO[effect], consistency_token=seq)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x61preg/v1/keys.proto\x12\tcapreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x08 \x01(\t\"p\n\x10\x43reateKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x11\x43reateKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.capreg.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"!\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"3\n\x10ListKeysResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.capreg.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x11RevokeKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.capreg.v1.ApiKey\"\xaa\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x06 \x01(\t\x12\x11\n\tentity_id\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\"D\n\x10ListAuditRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tbefore_id\x18\x03 \x01(\x03\";\n\x11ListAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.capreg.v1.AuditEntry2\xe1\x01\n\nKeyService\x12\x46\n\tCreateKey\x12\x1b.capreg.v1.CreateKeyRequest\x1a\x1c.capreg.v1.CreateKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.capreg.v1.ListKeysRequest\x1a\x1b.capreg.v1.ListKeysResponse\x12\x46\n\tRevokeKey\x12\x1b.capreg.v1.RevokeKeyRequest\x1a\x1c.capreg.v1.RevokeKeyResponse2V\n\x0c\x41uditService\x12\x46\n\tListAudit\x12\x1b.capreg.v1.ListAuditRequest\x1a\x1c.capreg.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63\x61preg/v1/keys.proto\x12\tcapreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x08 \x01(\t\"p\n\x10\x43reateKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x11\x43reateKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.capreg.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\x12\x19\n\x11\x63onsistency_token\x18\x03 \x01(\x03\"!\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"3\n\x10ListKeysResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.capreg.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\x11RevokeKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.capreg.v1.ApiKey\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\x03\"\xaa\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x06 \x01(\t\x12\x11\n\tentity_id\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\"D\n\x10ListAuditRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tbefore_id\x18\x03 \x01(\x03\";\n\x11ListAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.capreg.v1.AuditEntry2\xe1\x01\n\nKeyService\x12\x46\n\tCreateKey\x12\x1b.capreg.v1.CreateKeyRequest\x1a\x1c.capreg.v1.CreateKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.capreg.v1.ListKeysRequest\x1a\x1b.capreg.v1.ListKeysResponse\x12\x46\n\tRevokeKey\x12\x1b.capreg.v1.RevokeKeyRequest\x1a\x1c.capreg.v1.RevokeKeyResponse2V\n\x0c\x41uditService\x12\x46\n\tListAudit\x12\x1b.capreg.v1.ListAuditRequest\x1a\x1c.capreg.v1.ListAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,23 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEKEYREQUEST']._serialized_start=303
   _globals['_CREATEKEYREQUEST']._serialized_end=415
   _globals['_CREATEKEYRESPONSE']._serialized_start=417
-  _globals['_CREATEKEYRESPONSE']._serialized_end=483
-  _globals['_LISTKEYSREQUEST']._serialized_start=485
-  _globals['_LISTKEYSREQUEST']._serialized_end=518
-  _globals['_LISTKEYSRESPONSE']._serialized_start=520
-  _globals['_LISTKEYSRESPONSE']._serialized_end=571
-  _globals['_REVOKEKEYREQUEST']._serialized_start=573
-  _globals['_REVOKEKEYREQUEST']._serialized_end=603
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=605
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=656
-  _globals['_AUDITENTRY']._serialized_start=659
-  _globals['_AUDITENTRY']._serialized_end=829
-  _globals['_LISTAUDITREQUEST']._serialized_start=831
-  _globals['_LISTAUDITREQUEST']._serialized_end=899
-  _globals['_LISTAUDITRESPONSE']._serialized_start=901
-  _globals['_LISTAUDITRESPONSE']._serialized_end=960
-  _globals['_KEYSERVICE']._serialized_start=963
-  _globals['_KEYSERVICE']._serialized_end=1188
-  _globals['_AUDITSERVICE']._serialized_start=1190
-  _globals['_AUDITSERVICE']._serialized_end=1276
+  _globals['_CREATEKEYRESPONSE']._serialized_end=510
+  _globals['_LISTKEYSREQUEST']._serialized_start=512
+  _globals['_LISTKEYSREQUEST']._serialized_end=545
+  _globals['_LISTKEYSRESPONSE']._serialized_start=547
+  _globals['_LISTKEYSRESPONSE']._serialized_end=598
+  _globals['_REVOKEKEYREQUEST']._serialized_start=600
+  _globals['_REVOKEKEYREQUEST']._serialized_end=630
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=632
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=710
+  _globals['_AUDITENTRY']._serialized_start=713
+  _globals['_AUDITENTRY']._serialized_end=883
+  _globals['_LISTAUDITREQUEST']._serialized_start=885
+  _globals['_LISTAUDITREQUEST']._serialized_end=953
+  _globals['_LISTAUDITRESPONSE']._serialized_start=955
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1014
+  _globals['_KEYSERVICE']._serialized_start=1017
+  _globals['_KEYSERVICE']._serialized_end=1242
+  _globals['_AUDITSERVICE']._serialized_start=1244
+  _globals['_AUDITSERVICE']._serialized_end=1330
 # @@protoc_insertion_point(module_scope)

@@ -112,8 +112,11 @@ class CreateKeyResponse(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """capreg_<id>_<secret>: shown once"""
+    consistency_token: _builtins.int
+    """of this write (not an API key: see `token`)"""
     @_builtins.property
     def key(self) -> Global___ApiKey: ...
     def __init__(
@@ -121,10 +124,11 @@ class CreateKeyResponse(_message.Message):
         *,
         key: Global___ApiKey | None = ...,
         token: _builtins.str = ...,
+        consistency_token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "key", b"key", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,16 +197,22 @@ class RevokeKeyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.int
+    """Of this write: once every replica's change-log follower reaches it (see
+    AdminService.GetIndexStatus), the key is refused everywhere.
+    """
     @_builtins.property
     def key(self) -> Global___ApiKey: ...
     def __init__(
         self,
         *,
         key: Global___ApiKey | None = ...,
+        consistency_token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "key", b"key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

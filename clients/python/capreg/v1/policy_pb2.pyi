@@ -461,18 +461,22 @@ class TenantSettings(_message.Message):
 
     TENANT_FIELD_NUMBER: _builtins.int
     DEFAULT_EFFECT_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     default_effect: Global___PolicyEffect.ValueType
     """What applies when no policy allows or denies: ALLOW unless set."""
+    consistency_token: _builtins.int
+    """Output only, in UpdateTenantSettings' answer: the write's consistency token."""
     def __init__(
         self,
         *,
         tenant: _builtins.str = ...,
         default_effect: Global___PolicyEffect.ValueType = ...,
+        consistency_token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_effect", b"default_effect", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "default_effect", b"default_effect", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
