@@ -3,20 +3,26 @@ is always seen; without the token they converge; policies and keys travel the sa
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from capreg.v1 import agent_pb2, policy_pb2
 from capreg_client import CapregClient, CapregError
 
+from registry.app import build_app
+from registry.config import Settings
 from registry.embedding.sentence import SentenceTransformerEmbedder
 from tests import support
 from tests.support import ServerThread, make_agent, make_capability, running_server
 
 DIM = 384
+T = TypeVar("T")
 TENANT = "replicas"
 
 
@@ -106,3 +112,49 @@ def test_a_policy_written_on_one_replica_applies_with_its_token_on_another(repli
             )
         )
         assert top_names(on_b, vector, min_seq=created.consistency_token) == []
+
+
+def test_health_says_not_serving_until_the_index_has_caught_up(
+    database_url: str, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    """A starting replica listens at once but stays out of load balancing until its follower has read the
+    change log to its head."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, database_url=database_url, auth_enabled=False)
+    app = run(build_app(settings, embedder))
+    gate = run(_make_event())
+    catch_up = app.follower.catch_up
+
+    async def gated_catch_up(target: int = 0) -> int:
+        await gate.wait()
+        return await catch_up(target)
+
+    app.follower.catch_up = gated_catch_up  # type: ignore[method-assign]
+    starting = asyncio.run_coroutine_threadsafe(app.start(), loop)
+    try:
+        deadline = time.monotonic() + 30
+        while not app.port:
+            assert time.monotonic() < deadline, "the server never bound its port"
+            time.sleep(0.01)
+        with CapregClient(f"127.0.0.1:{app.port}") as client:
+            assert not client.health()  # listening, NOT_SERVING
+            loop.call_soon_threadsafe(gate.set)
+            starting.result(60)
+            assert client.health()
+    finally:
+        loop.call_soon_threadsafe(gate.set)
+        starting.result(60)
+        run(app.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+
+async def _make_event() -> asyncio.Event:
+    return asyncio.Event()
