@@ -407,31 +407,9 @@ class RegistryStore:
             agent_rows = conn.execute(select(t.agents).where(t.agents.c.id.in_(list(agent_ids)))).mappings().all()
             caps = self._capabilities_of(conn, [r["id"] for r in agent_rows])
             cap_ids = [cap.id for group in caps.values() for cap in group]
-            hashes: dict[str, str] = (
-                dict(
-                    conn.execute(
-                        select(t.capability_vectors.c.capability_id, t.capability_vectors.c.text_sha256).where(
-                            t.capability_vectors.c.space_id == space_id,
-                            t.capability_vectors.c.capability_id.in_(cap_ids),
-                        )
-                    ).all()
-                )
-                if cap_ids
-                else {}
-            )
+            hashes: dict[str, str] = _vector_column(conn, space_id, cap_ids, t.capability_vectors.c.text_sha256)
             stale = [cap_id for cap_id, h in hashes.items() if known_hashes.get(cap_id) != h]
-            vectors: dict[str, bytes] = (
-                dict(
-                    conn.execute(
-                        select(t.capability_vectors.c.capability_id, t.capability_vectors.c.vector).where(
-                            t.capability_vectors.c.space_id == space_id,
-                            t.capability_vectors.c.capability_id.in_(stale),
-                        )
-                    ).all()
-                )
-                if stale
-                else {}
-            )
+            vectors: dict[str, bytes] = _vector_column(conn, space_id, stale, t.capability_vectors.c.vector)
         state: dict[str, list[CatalogEntry]] = {}
         for row in agent_rows:
             agent = agent_from_row(row, caps.get(row["id"], ()))
@@ -554,6 +532,15 @@ class RegistryStore:
         for row in rows:
             grouped.setdefault(row["agent_id"], []).append(capability_from_row(row))
         return {agent_id: tuple(caps) for agent_id, caps in grouped.items()}
+
+
+def _vector_column(conn: Connection, space_id: int, cap_ids: list[str], column: Any) -> dict[str, Any]:
+    """capability id -> `column` of its row in capability_vectors for the space."""
+    if not cap_ids:
+        return {}
+    vectors = t.capability_vectors.c
+    stmt = select(vectors.capability_id, column).where(vectors.space_id == space_id, vectors.capability_id.in_(cap_ids))
+    return dict(conn.execute(stmt).all())
 
 
 def _lease_ms(ttl_s: float | None, stored_ms: int) -> int:
