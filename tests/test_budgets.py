@@ -27,7 +27,6 @@ from sqlalchemy import Engine, select
 
 from registry.cli.main import cli
 from registry.domain.budget import (
-    AlreadyExists,
     Budget,
     BudgetPeriod,
     BudgetRef,
@@ -37,7 +36,7 @@ from registry.domain.budget import (
     period_start,
     to_micros,
 )
-from registry.domain.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from registry.domain.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from registry.domain.models import Caller
 from registry.embedding.sentence import SentenceTransformerEmbedder
 from registry.service.budget_service import BudgetService

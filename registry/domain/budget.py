@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from registry.domain import validation as v
-from registry.domain.errors import DomainError, ErrorCode, InvalidArgument
+from registry.domain.errors import InvalidArgument
 
 MICROS_PER_USD = 1_000_000
 MAX_LIMIT_USD = 1_000_000_000.0  # 10^15 micro-dollars: far inside a 64-bit integer, even summed
@@ -25,10 +25,6 @@ DEFAULT_TTL_S = 300.0
 MAX_ID_LEN = 64
 # The period of a TOTAL budget: one, starting at the epoch.
 TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class AlreadyExists(DomainError):
-    code = ErrorCode.ALREADY_EXISTS
 
 
 class BudgetScope(StrEnum):

@@ -42,6 +42,10 @@ class NotFound(DomainError):
     code = ErrorCode.NOT_FOUND
 
 
+class AlreadyExists(DomainError):
+    code = ErrorCode.ALREADY_EXISTS
+
+
 class Conflict(DomainError):
     code = ErrorCode.CONFLICT
 

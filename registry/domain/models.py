@@ -122,7 +122,10 @@ class AgentRef:
 
 @dataclass(frozen=True, slots=True)
 class VectorSpace:
-    """One way of embedding capabilities: a model, its revision, a text template, a dimension."""
+    """One way of embedding capabilities: a model, its revision, a text template, a dimension.
+
+    Lifecycle: building -> ready -> serving -> ready (replaced) ... -> retired; failed from building.
+    One space serves at a time; a Discover may pin any space that has an index."""
 
     name: str
     model: str
@@ -133,6 +136,25 @@ class VectorSpace:
     metric: str = "cosine"
     state: str = "serving"
     id: int = 0
+    created_at: datetime | None = None
+    ready_at: datetime | None = None
+    serving_at: datetime | None = None
+    retired_at: datetime | None = None
+    failed_at: datetime | None = None
+    previous_serving_id: int | None = None  # what `rollback` returns to
+    shadow_fraction: float = 0.0  # of text Discovers also run here, for comparison only
+    error: str = ""  # why it failed
+
+
+class SpaceState(StrEnum):
+    BUILDING = "building"
+    READY = "ready"
+    SERVING = "serving"
+    RETIRED = "retired"
+    FAILED = "failed"
+
+
+LIVE_SPACE_STATES = (SpaceState.BUILDING, SpaceState.READY, SpaceState.SERVING)  # have an index; get new vectors
 
 
 @dataclass(frozen=True, slots=True)

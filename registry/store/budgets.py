@@ -38,7 +38,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from registry.domain.budget import (
-    AlreadyExists,
     Budget,
     BudgetPeriod,
     BudgetRef,
@@ -53,7 +52,7 @@ from registry.domain.budget import (
     to_micros,
     to_usd,
 )
-from registry.domain.errors import Conflict, FailedPrecondition, NotFound
+from registry.domain.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
 from registry.store import changelog
 from registry.store import tables as t
 from registry.store.rows import utc as _aware

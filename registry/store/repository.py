@@ -79,6 +79,8 @@ class RegistryStore:
                         state=space.state,
                         created_at=now,
                         updated_at=now,
+                        ready_at=now if space.state == "serving" else None,
+                        serving_at=now if space.state == "serving" else None,
                     )
                 ).inserted_primary_key
                 assert space_id is not None

@@ -83,4 +83,16 @@ def space_from_row(row: Any) -> VectorSpace:
         dim=row["dim"],
         metric=row["metric"],
         state=row["state"],
+        created_at=utc(row["created_at"]),
+        ready_at=_maybe_utc(row["ready_at"]),
+        serving_at=_maybe_utc(row["serving_at"]),
+        retired_at=_maybe_utc(row["retired_at"]),
+        failed_at=_maybe_utc(row["failed_at"]),
+        previous_serving_id=row["previous_serving_id"],
+        shadow_fraction=row["shadow_fraction"],
+        error=row["error"],
     )
+
+
+def _maybe_utc(value: datetime | None) -> datetime | None:
+    return utc(value) if value is not None else None

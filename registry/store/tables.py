@@ -103,6 +103,13 @@ vector_spaces = Table(
     Column("state", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    Column("ready_at", Timestamp, nullable=True),
+    Column("serving_at", Timestamp, nullable=True),
+    Column("retired_at", Timestamp, nullable=True),
+    Column("failed_at", Timestamp, nullable=True),
+    Column("previous_serving_id", Integer, nullable=True),  # what `rollback` returns to
+    Column("shadow_fraction", Float, nullable=False, server_default="0"),
+    Column("error", Text, nullable=False, server_default=""),
 )
 
 capability_vectors = Table(
