@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,13 +15,13 @@ from sqlalchemy import Engine
 
 from registry.config import Settings
 from registry.domain.errors import FailedPrecondition
-from registry.domain.models import VectorSpace
+from registry.domain.models import LIVE_SPACE_STATES, SpaceState, VectorSpace
+from registry.embedding import models
 from registry.embedding.base import Embedder
 from registry.embedding.sentence import SentenceTransformerEmbedder, bundled_model_path
 from registry.embedding.template import check_template
-from registry.index import snapshot
 from registry.index.hnsw import HnswParams
-from registry.index.space_index import PlannerParams, SpaceIndex
+from registry.index.space_index import PlannerParams
 from registry.manifest import load_agents
 from registry.service.admin_service import AdminService
 from registry.service.budget_service import BudgetService
@@ -31,8 +30,9 @@ from registry.service.follower import ChangeFollower
 from registry.service.key_service import KeyService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
-from registry.service.serving import ServingSpace
+from registry.service.serving import ServingSpace, Spaces
 from registry.service.snapshots import SnapshotKeeper, Startup
+from registry.service.space_loader import SpaceLoader
 from registry.store import migrate
 from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
@@ -40,6 +40,7 @@ from registry.store.keys import KeyStore
 from registry.store.notify import ChangeListener
 from registry.store.policies import PolicyStore
 from registry.store.repository import RegistryStore
+from registry.store.spaces import SpaceStore
 from registry.transport.convert import agent_from_proto
 from registry.transport.server import GrpcServer
 
@@ -72,49 +73,12 @@ def prepare_database(settings: Settings) -> Engine:
     return engine
 
 
-async def load_index(
-    store: RegistryStore, space: VectorSpace, template: SpaceIndex, snapshot_root: Path
-) -> tuple[SpaceIndex, Startup]:
-    """The snapshot when it is sound and not ahead of the database; else a rebuild from stored vectors."""
-    started = time.perf_counter()
-    head = await asyncio.to_thread(store.watermark)
-    try:
-        index = await asyncio.to_thread(snapshot.load, snapshot_root, space, template)
-        if index.watermark > head:
-            raise snapshot.SnapshotError(
-                f"the snapshot is at change {index.watermark} but the database only reaches {head} "
-                "(was the database restored from an older backup?)"
-            )
-        startup = Startup("snapshot", "", time.perf_counter() - started, index.watermark)
-        log.info(
-            "index of %s loaded from its snapshot: %d capabilities at change %d in %.2f s; replaying the log",
-            space.name,
-            index.live_count,
-            index.watermark,
-            startup.seconds,
-        )
-        return index, startup
-    except snapshot.SnapshotError as exc:
-        reason = str(exc)
-    (log.info if reason.startswith("no snapshot") else log.warning)(
-        "rebuilding the index of %s from the database: %s", space.name, reason
-    )
-    index = template
-    entries = await asyncio.to_thread(lambda: list(store.catalog(space.id)))
-    await asyncio.to_thread(index.bulk_load, entries, head)
-    startup = Startup("database", reason, time.perf_counter() - started, head)
-    log.info(
-        "index of %s built: %d capabilities at change %d in %.2f s", space.name, index.live_count, head, startup.seconds
-    )
-    return index, startup
-
-
 @dataclass
 class App:
     settings: Settings
     engine: Engine
     store: RegistryStore
-    serving: ServingSpace
+    spaces: Spaces
     registry: RegistryService
     discovery: DiscoveryService
     policies: PolicyService
@@ -123,11 +87,22 @@ class App:
     keys: KeyService
     follower: ChangeFollower
     snapshots: SnapshotKeeper
-    startup: Startup
+    space_store: SpaceStore
+    loader: SpaceLoader
+    admin: AdminService
     port: int = 0
     operator_key_file: Path | None = None  # written on first start
     listener: ChangeListener | None = None
     _tasks: set[asyncio.Future[object]] = field(default_factory=set)
+
+    @property
+    def serving(self) -> ServingSpace:
+        return self.spaces.serving
+
+    @property
+    def startup(self) -> Startup:
+        """How the serving space's index was loaded."""
+        return self.loader.startups[self.spaces.serving.space.name]
 
     async def start(self) -> int:
         """Listen at once, but say NOT_SERVING (gRPC health) until the index has caught up with the log."""
@@ -168,6 +143,7 @@ class App:
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)
         await self.follower.stop()
+        await self.discovery.shadow.drain()
         await self.budgets.stop_sweeper()
         for task in self._tasks:
             task.cancel()
@@ -197,8 +173,49 @@ class App:
         return len(agents)
 
 
+def model_loader(settings: Settings, configured: Embedder) -> Callable[[str], Embedder]:
+    """Loads embedding models by name: the configured one (already loaded), or one from the catalog."""
+    loaded: dict[str, Embedder] = {configured.model_name: configured}
+
+    models_dir = models.resolve_models_dir(settings.models_dir, settings.data_dir)
+
+    def load(name: str) -> Embedder:
+        if name not in loaded:
+            path = models.model_path(name, models_dir)
+            if path is not None and models.spec(name).kind != "bundled" and not path.exists():
+                # Building a model takes a minute or more: an operator step, not something a call waits for.
+                raise FailedPrecondition(
+                    f"{name} is not built on this server: run `capreg models distill {name} --models-dir "
+                    f"{models_dir}` (on every replica, or share the directory), then retry"
+                )
+            loaded[name] = models.load_embedder(name, models_dir)
+        return loaded[name]
+
+    return load
+
+
+async def bootstrap_space(
+    settings: Settings, store: RegistryStore, space_store: SpaceStore, embedder: Embedder
+) -> None:
+    """On a new database, create the configured space, serving; on a known one, check that the configured
+    space (if it is still live) was built the way the settings say."""
+    configured = VectorSpace(
+        name=settings.vector_space,
+        model=embedder.model_name,
+        model_revision=embedder.model_revision,
+        weights_sha256=embedder.weights_sha256,
+        template=settings.capability_template,
+        dim=embedder.dim,
+    )
+    spaces = await asyncio.to_thread(space_store.list_spaces, True)
+    known = {s.name: s for s in spaces}
+    fresh = not any(s.state == SpaceState.SERVING for s in spaces) and configured.name not in known
+    if fresh or (configured.name in known and known[configured.name].state in LIVE_SPACE_STATES):
+        await asyncio.to_thread(store.ensure_space, configured)  # creates it, or checks how it was built
+
+
 async def build_app(settings: Settings, embedder: Embedder | None = None) -> App:
-    """Everything but the listening socket: database, model, vector space and index."""
+    """Everything but the listening socket: database, models, vector spaces and their indexes."""
     check_template(settings.capability_template)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.get_running_loop().set_default_executor(
@@ -208,19 +225,12 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     if embedder is None:
         embedder = await asyncio.to_thread(load_embedder, settings)
     store = RegistryStore(engine)
-    space = await asyncio.to_thread(
-        store.ensure_space,
-        VectorSpace(
-            name=settings.vector_space,
-            model=embedder.model_name,
-            model_revision=embedder.model_revision,
-            weights_sha256=embedder.weights_sha256,
-            template=settings.capability_template,
-            dim=embedder.dim,
-        ),
-    )
-    template = SpaceIndex(
-        space.dim,
+    space_store = SpaceStore(engine)
+    await bootstrap_space(settings, store, space_store, embedder)
+    loader = SpaceLoader(
+        store,
+        space_store,
+        model_loader(settings, embedder),
         HnswParams(
             m=settings.hnsw_m,
             ef_construction=settings.hnsw_ef_construction,
@@ -231,36 +241,45 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             exact_max_rows=settings.exact_max_rows,
             hnsw_min_selectivity=settings.hnsw_min_selectivity,
         ),
+        settings.data_dir / "snapshots",
     )
-    snapshot_root = settings.data_dir / "snapshots" / space.name
-    index, startup = await load_index(store, space, template, snapshot_root)
-    serving = ServingSpace(space=space, embedder=embedder, index=index)
+    spaces = await loader.load_all()
     policies = PolicyService(PolicyStore(engine))
     await policies.load()
     budgets = BudgetService(BudgetStore(engine))
     keys = KeyService(KeyStore(engine))
     await keys.load()
-    follower = ChangeFollower(
-        store,
-        serving,
-        handlers={
-            "policy": policies.refresh_if_changed,
-            "tenant": policies.refresh_if_changed,
-            "api_key": keys.refresh_if_changed,
-        },
-        poll_s=settings.change_poll_s,
-    )
-    registry = RegistryService(store, serving, settle=follower.sync)
-    snapshots = SnapshotKeeper(follower, serving, snapshot_root, settings.snapshot_interval_s)
-    if startup.source == "snapshot":
-        snapshots.loaded_from(index.watermark)
+    handlers: dict[str, Callable[[], Awaitable[object]]] = {
+        "policy": policies.refresh_if_changed,
+        "tenant": policies.refresh_if_changed,
+        "api_key": keys.refresh_if_changed,
+    }
+    follower = ChangeFollower(store, spaces, handlers=handlers, poll_s=settings.change_poll_s)
+    snapshots = SnapshotKeeper(follower, spaces, settings.data_dir / "snapshots", settings.snapshot_interval_s)
+    follower.handle("space", lambda: loader.sync(spaces, snapshots, follower.position))
+    for name, startup in loader.startups.items():
+        if startup.source == "snapshot":
+            snapshots.loaded_from(name, startup.watermark)
+    registry = RegistryService(store, spaces, settle=follower.sync)
     key_file = await keys.bootstrap(settings.data_dir) if settings.auth_enabled else None
     if not settings.auth_enabled:
         log.warning(
             "AUTHENTICATION IS OFF: every caller acts as a cluster operator. Use this for local development only."
         )
-    discovery = DiscoveryService(serving, budgets=budgets, policies=policies.rules_for, sync=follower.sync)
-    admin = AdminService(store, serving, follower, snapshots, startup)
+    discovery = DiscoveryService(
+        spaces, budgets=budgets, policies=policies.rules_for, sync=follower.sync, recent_texts=settings.recent_texts
+    )
+    admin = AdminService(
+        store,
+        space_store,
+        spaces,
+        follower,
+        snapshots,
+        loader.startups,
+        discovery,
+        model_loader(settings, embedder),
+        follower.sync,
+    )
     server = GrpcServer(
         registry,
         discovery,
@@ -275,7 +294,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         settings,
         engine,
         store,
-        serving,
+        spaces,
         registry,
         discovery,
         policies,
@@ -284,6 +303,8 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         keys,
         follower,
         snapshots,
-        startup,
+        space_store,
+        loader,
+        admin,
         operator_key_file=key_file,
     )

@@ -108,6 +108,7 @@ _READ = frozenset({Role.AGENT, Role.ORCHESTRATOR, Role.OPERATOR})
 _AGENT_WRITE = frozenset({Role.AGENT, Role.OPERATOR})
 _ORCHESTRATE = frozenset({Role.ORCHESTRATOR, Role.OPERATOR})
 _ADMIN = frozenset({Role.OPERATOR})
+_CLUSTER_ONLY: frozenset[Role] = frozenset()  # no role but cluster-operator (which may call everything)
 PERMISSIONS: dict[str, frozenset[str]] = {
     "/capreg.v1.RegistryService/RegisterAgent": _AGENT_WRITE,
     "/capreg.v1.RegistryService/UpdateAgentStatus": _AGENT_WRITE,
@@ -138,6 +139,16 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "/capreg.v1.KeyService/RevokeKey": _ADMIN,
     "/capreg.v1.AuditService/ListAudit": _ADMIN,
     "/capreg.v1.AdminService/GetIndexStatus": _ADMIN,
+    # Vector spaces serve every tenant: only cluster operators change or inspect them.
+    "/capreg.v1.AdminService/CreateSpace": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/GetSpace": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/ListSpaces": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/BackfillSpace": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/CompareSpaces": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/SetShadow": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/PromoteSpace": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/RollbackSpace": _CLUSTER_ONLY,
+    "/capreg.v1.AdminService/RetireSpace": _CLUSTER_ONLY,
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -149,6 +160,8 @@ def authorize(identity: Identity, method: str) -> None:
     needed = PERMISSIONS.get(method)
     if needed is None:  # a method missing from the table is closed, never open
         raise PermissionDenied(f"{method} is not open to any role but cluster-operator")
+    rpc = method.rsplit("/", 1)[-1]
+    if not needed:
+        raise PermissionDenied(f"{rpc} is for cluster operators: it changes what every tenant is served")
     if not identity.roles & needed:
-        rpc = method.rsplit("/", 1)[-1]
         raise PermissionDenied(f"{rpc} needs one of the roles {sorted(needed)}; this key has {sorted(identity.roles)}")

@@ -66,10 +66,12 @@ class Comparison:
     labelled: int = 0
     hits: dict[str, dict[int, int]] = field(default_factory=lambda: {"old": {1: 0, 5: 0}, "new": {1: 0, 5: 0}})
 
-    def add(self, old: Sequence[str], new: Sequence[str], expected: Sequence[str] = ()) -> None:
+    def add(self, old: Sequence[str], new: Sequence[str], expected: Sequence[str] = (), k: int = 0) -> None:
+        """One task's two ranked answers; `k` overrides the comparison's (a shadowed Discover's top_k)."""
+        k = k or self.k
         self.tasks += 1
-        self.overlap_sum += overlap_at_k(old, new, self.k)
-        self.correlation_sum += rank_correlation(old, new, self.k)
+        self.overlap_sum += overlap_at_k(old, new, k)
+        self.correlation_sum += rank_correlation(old, new, k)
         if expected:
             self.labelled += 1
             wanted = set(expected)

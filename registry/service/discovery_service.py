@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from registry.domain import validation as v
-from registry.domain.errors import FailedPrecondition, NotFound
+from registry.domain.errors import FailedPrecondition
 from registry.domain.models import (
     CatalogEntry,
     DiscoverQuery,
@@ -25,7 +26,8 @@ from registry.domain.policy import TenantPolicies
 from registry.domain.ports import BudgetLimiter
 from registry.index.columns import constraint_mask
 from registry.index.policy_mask import policy_mask
-from registry.service.serving import ServingSpace
+from registry.service.serving import ServingSpace, Spaces
+from registry.service.shadow import ShadowRecorder
 
 SIMILARITY_WEIGHT = 0.9
 QUALITY_WEIGHT = 0.1
@@ -39,37 +41,38 @@ def no_policies(_tenant: str) -> TenantPolicies:
 class DiscoveryService:
     def __init__(
         self,
-        serving: ServingSpace,
+        spaces: Spaces,
         budgets: BudgetLimiter | None = None,
         policies: Callable[[str], TenantPolicies] = no_policies,
         sync: Callable[[int], Awaitable[None]] | None = None,
+        recent_texts: int = 1000,
     ):
-        self._serving = serving
+        self.spaces = spaces
         self._budgets = budgets
         self._policies = policies
         self._sync = sync
+        self.shadow = ShadowRecorder(self)
+        self._recent: deque[tuple[str, str]] = deque(maxlen=recent_texts)  # (tenant, text), for comparisons
 
     async def discover(self, query: DiscoverQuery) -> DiscoverResult:
         started = time.perf_counter()
         v.validate_discover(query)
         query = _with_tenant(query)
-        space = self._serving.space
         timings: dict[str, float] = {}
-        if query.min_seq > self._serving.index.watermark and self._sync is not None:
+        if query.min_seq > self.spaces.serving.index.watermark and self._sync is not None:
             t0 = time.perf_counter()
             await self._sync(query.min_seq)
             timings["wait_min_seq"] = _ms(t0)
-        if query.vector_space and query.vector_space != space.name:
-            raise NotFound(
-                f"vector space {query.vector_space!r} is not served here; the serving space is {space.name!r}"
-            )
+        # One space answers the whole request, even if another is promoted meanwhile.
+        live = self.spaces.get(query.vector_space) if query.vector_space else self.spaces.serving
+        space = live.space
         if query.vector is not None:
             vector = np.asarray(query.vector, dtype=np.float32)
             v.validate_vector(vector, space.dim, "vector.values")
         else:
             assert query.text is not None
             t0 = time.perf_counter()
-            vector = (await asyncio.to_thread(self._serving.embedder.embed, [query.text]))[0]
+            vector = (await asyncio.to_thread(live.embedder.embed, [query.text]))[0]
             timings["embed"] = _ms(t0)
         budget_left = None
         if query.budget_id:
@@ -78,10 +81,15 @@ class DiscoveryService:
             t0 = time.perf_counter()
             budget_left = await self._budgets.remaining_usd(query.caller, query.budget_id)
             timings["budget"] = _ms(t0)
-        return self._search(query, vector, budget_left, timings, started)
+        result = self.search(live, query, vector, budget_left, timings, started)
+        if query.text is not None and not query.vector_space:
+            self._recent.append((query.tenant, query.text))
+            self.shadow.maybe_compare(query, result, budget_left)
+        return result
 
-    def _search(
+    def search(
         self,
+        live: ServingSpace,
         query: DiscoverQuery,
         vector: npt.NDArray[np.float32],
         budget_left: float | None,
@@ -89,7 +97,7 @@ class DiscoveryService:
         started: float,
     ) -> DiscoverResult:
         """Synchronous on the event loop: the index never changes under a search."""
-        index = self._serving.index
+        index = live.index
         t0 = time.perf_counter()
         rules = policy_mask(index.columns, index.size, self._policies(query.tenant), query.caller, query.task_labels)
         mask, exclusions = constraint_mask(
@@ -126,9 +134,20 @@ class DiscoveryService:
         return DiscoverResult(
             matches=tuple(matches[: query.top_k]),
             explanation=explanation,
-            vector_space=self._serving.space.name,
+            vector_space=live.space.name,
             watermark=index.watermark,
         )
+
+    def recent_texts(self, tenant: str, limit: int) -> list[str]:
+        """Up to `limit` distinct texts this server was recently asked to Discover for `tenant`, newest first
+        (kept in memory only, `recent_texts` of them across tenants)."""
+        found: dict[str, None] = {}
+        for asked_by, text in reversed(self._recent):
+            if len(found) >= limit:
+                break
+            if asked_by == tenant:
+                found.setdefault(text)
+        return list(found)
 
     @staticmethod
     def _match(entry: CatalogEntry, similarity: float, query: DiscoverQuery) -> Match:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from registry.domain.errors import InvalidArgument
-from registry.service.serving import ServingSpace
+from registry.service.serving import Spaces
 from registry.store import changelog
 from registry.store.changelog import ChangeRow
 from registry.store.repository import RegistryStore
@@ -31,18 +31,18 @@ class ChangeFollower:
     def __init__(
         self,
         store: RegistryStore,
-        serving: ServingSpace,
+        spaces: Spaces,
         *,
         handlers: Mapping[str, Handler] | None = None,
         poll_s: float = 0.5,
         batch: int = 1000,
     ):
         self._store = store
-        self._serving = serving
+        self._spaces = spaces
         self._handlers = dict(handlers or {})
         self._poll_s = poll_s
         self._batch = batch
-        self.position = serving.index.watermark  # every change up to here is applied
+        self.position = spaces.serving.index.watermark  # every change up to here is applied
         self._lock = asyncio.Lock()  # one catch-up at a time; also held by snapshots
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -54,6 +54,10 @@ class ChangeFollower:
     def lock(self) -> asyncio.Lock:
         """Held while the index changes; hold it to read the index at one consistent position."""
         return self._lock
+
+    def handle(self, entity: str, handler: Handler) -> None:
+        """Run `handler` (under the follower's lock) after a batch that changed `entity`."""
+        self._handlers[entity] = handler
 
     def wake(self) -> None:
         """Something committed: read the log now rather than at the next poll."""
@@ -125,18 +129,20 @@ class ChangeFollower:
                 agents[row.entity_id] = row.seq
             else:
                 others.add(row.entity)
-        index = self._serving.index
         if agents:
-            known = index.text_hashes(set(agents))
-            state = await asyncio.to_thread(self._store.index_state, list(agents), self._serving.space.id, known)
-            for agent_id, seq in agents.items():
-                index.replace_agent(agent_id, state.get(agent_id, []), seq)
+            for live in self._spaces.live():  # every live space gets the agents' current state
+                known = live.index.text_hashes(set(agents))
+                state = await asyncio.to_thread(self._store.index_state, list(agents), live.space.id, known)
+                for agent_id, seq in agents.items():
+                    live.index.replace_agent(agent_id, state.get(agent_id, []), seq)
         for entity in sorted(others):
             handler = self._handlers.get(entity)
             if handler is not None:
                 await handler()
         self.applied += len(rows)
-        self.position = index.watermark = rows[-1].seq
+        self.position = rows[-1].seq
+        for live in self._spaces.live():
+            live.index.watermark = self.position
         log.debug("applied %d changes up to %d in %.1f ms", len(rows), self.position, _ms(started))
 
 

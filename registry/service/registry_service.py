@@ -19,8 +19,8 @@ from registry.domain.errors import InvalidArgument, NotFound
 from registry.domain.models import Agent, AgentRef, AgentStatus, ListAgentsQuery, WriteResult
 from registry.embedding.template import render, text_hash
 from registry.service.calls import call_deadline
-from registry.service.serving import ServingSpace
-from registry.store.repository import RegistryStore, vector_to_bytes
+from registry.service.serving import ServingSpace, Spaces
+from registry.store.repository import RegistryStore, SpaceVectors, vector_to_bytes
 
 log = logging.getLogger(__name__)
 SETTLE_S = 5.0  # how long a write waits for the index before it answers anyway (it is committed)
@@ -30,9 +30,9 @@ MAX_LEASE_S = 86_400.0
 
 
 class RegistryService:
-    def __init__(self, store: RegistryStore, serving: ServingSpace, settle: Callable[[int], Awaitable[None]]):
+    def __init__(self, store: RegistryStore, spaces: Spaces, settle: Callable[[int], Awaitable[None]]):
         self._store = store
-        self._serving = serving
+        self._spaces = spaces
         self._settle_fn = settle
 
     async def _settle(self, token: int) -> None:
@@ -44,43 +44,62 @@ class RegistryService:
             log.warning("change %d is committed but not yet in this index: %s", token, exc)
 
     async def register(self, agent: Agent, expected_generation: int = 0) -> WriteResult:
-        """Validate, embed only texts never embedded before, commit, then update the index."""
+        """Validate, embed (into every live space) only texts never embedded before, commit, then wait
+        for the index."""
         agent = _with_tenant(agent)
         v.validate_agent(agent)
         validate_lease_ttl(agent.lease_ttl_s, "agent.lease_ttl", allow_zero=True)
         v.check_generation(expected_generation, "expected_generation")
-        space = self._serving.space
         supplied = self._supplied_vectors(agent)
+        primary, *others = [
+            await self._vectors_for(live, agent, supplied.get(live.space.name, {})) for live in self._spaces.live()
+        ]
+        result = await asyncio.to_thread(
+            self._store.register,
+            agent,
+            expected_generation,
+            primary.space_id,
+            primary.hashes,
+            primary.vectors,
+            more=others,
+        )
+        await self._settle(result.token)
+        return result
+
+    async def _vectors_for(
+        self, live: ServingSpace, agent: Agent, supplied: dict[int, tuple[str, bytes]]
+    ) -> SpaceVectors:
+        """Each capability's text hash and vector in one space: the caller's, stored, or embedded now."""
+        space = live.space
         texts = [render(space.template, agent, cap) for cap in agent.capabilities]
         hashes = [supplied[i][0] if i in supplied else text_hash(text) for i, text in enumerate(texts)]
         vectors = {h: vector for h, vector in supplied.values()}
         vectors.update(await asyncio.to_thread(self._store.vectors_by_text, space.id, set(hashes) - set(vectors)))
         missing = [(h, text) for h, text in dict(zip(hashes, texts, strict=True)).items() if h not in vectors]
         if missing:
-            embedded = await asyncio.to_thread(self._serving.embedder.embed, [text for _, text in missing])
+            embedded = await asyncio.to_thread(live.embedder.embed, [text for _, text in missing])
             for (h, _), vector in zip(missing, embedded, strict=True):
                 vectors[h] = vector_to_bytes(np.asarray(vector, dtype=np.float32))
-        result = await asyncio.to_thread(self._store.register, agent, expected_generation, space.id, hashes, vectors)
-        await self._settle(result.token)
-        return result
+        return SpaceVectors(space.id, hashes, vectors)
 
-    def _supplied_vectors(self, agent: Agent) -> dict[int, tuple[str, bytes]]:
-        """Capabilities that bring their own vector: index -> (hash, float32 bytes), checked."""
-        space = self._serving.space
-        supplied = {}
+    def _supplied_vectors(self, agent: Agent) -> dict[str, dict[int, tuple[str, bytes]]]:
+        """Capabilities that bring their own vector: space name -> capability index -> (hash, float32
+        bytes), checked against that space. Other live spaces embed those capabilities' text."""
+        supplied: dict[str, dict[int, tuple[str, bytes]]] = {}
         for i, cap in enumerate(agent.capabilities):
             if cap.supplied_vector is None:
                 continue
             field = f"agent.capabilities[{i}].vector"
-            if cap.supplied_vector_space not in ("", space.name):
-                raise NotFound(
-                    f"{field}.space: vector space {cap.supplied_vector_space!r} is not served here; "
-                    f"the serving space is {space.name!r}"
+            try:
+                live = (
+                    self._spaces.get(cap.supplied_vector_space) if cap.supplied_vector_space else self._spaces.serving
                 )
+            except NotFound as exc:
+                raise NotFound(f"{field}.space: {exc}") from exc
             vector = np.asarray(cap.supplied_vector, dtype=np.float32)
-            v.validate_vector(vector, space.dim, f"{field}.values")
+            v.validate_vector(vector, live.space.dim, f"{field}.values")
             data = vector_to_bytes(vector)
-            supplied[i] = (text_hash("vector:" + data.hex()), data)
+            supplied.setdefault(live.space.name, {})[i] = (text_hash("vector:" + data.hex()), data)
         return supplied
 
     async def get(self, ref: AgentRef) -> Agent:

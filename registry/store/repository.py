@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -155,28 +155,29 @@ class RegistryStore:
         space_id: int,
         text_hashes: Sequence[str],
         vectors: dict[str, bytes],
+        *,
+        more: Sequence[SpaceVectors] = (),
     ) -> WriteResult:
         """Idempotent upsert of an agent with exactly these capabilities.
 
-        text_hashes[i] is the hash of capability i's embedded text; vectors maps each hash to its vector.
+        text_hashes[i] is the hash of capability i's embedded text in the serving space `space_id`;
+        vectors maps each hash to its vector. `more` carries the same for every other live space (being
+        built, or ready for rollback), so nothing registered meanwhile is missing from it.
         """
+        primary = SpaceVectors(space_id, text_hashes, vectors)
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return self._register_once(agent, expected_generation, space_id, text_hashes, vectors)
+                return self._register_once(agent, expected_generation, primary, more)
             except IntegrityError as exc:  # a concurrent first registration of the same tenant or name
                 if attempt == CONFLICT_RETRIES - 1:
                     raise Conflict(f"agent {agent.tenant}/{agent.name} is being registered concurrently") from exc
         raise AssertionError("unreachable")
 
     def _register_once(
-        self,
-        agent: Agent,
-        expected_generation: int,
-        space_id: int,
-        text_hashes: Sequence[str],
-        vectors: dict[str, bytes],
+        self, agent: Agent, expected_generation: int, primary: SpaceVectors, more: Sequence[SpaceVectors]
     ) -> WriteResult:
         now = now_utc()
+        space_id, text_hashes, vectors = primary
         with self._begin() as conn:
             self._ensure_tenant(conn, agent.tenant, now)
             row = (
@@ -219,7 +220,6 @@ class RegistryStore:
                     )
                 )
                 stored_caps: dict[tuple[str, str], Any] = {}
-                stored_hashes: dict[str, str] = {}
                 agent_changed = True
             else:
                 agent_id = row["id"]
@@ -243,20 +243,18 @@ class RegistryStore:
                     .mappings()
                     .all()
                 }
-                stored_hashes = dict(
-                    conn.execute(
-                        select(t.capability_vectors.c.capability_id, t.capability_vectors.c.text_sha256).where(
-                            t.capability_vectors.c.space_id == space_id,
-                            t.capability_vectors.c.capability_id.in_([r["id"] for r in stored_caps.values()]),
-                        )
-                    ).all()
-                )
 
             wanted = {cap.key for cap in agent.capabilities}
             removed = [r["id"] for key, r in stored_caps.items() if key not in wanted]
+            stored_ids = [r["id"] for r in stored_caps.values()]
+            stored_hashes = {
+                sv.space_id: _vector_column(conn, sv.space_id, stored_ids, t.capability_vectors.c.text_sha256)
+                for sv in (primary, *more)
+            }
             new_vectors: dict[str, npt.NDArray[np.float32]] = {}
             caps_changed = bool(removed)
-            for cap, text_hash in zip(agent.capabilities, text_hashes, strict=True):
+            other_vectors_changed = False  # only another live space gained a vector: no new generation
+            for i, (cap, text_hash) in enumerate(zip(agent.capabilities, text_hashes, strict=True)):
                 old = stored_caps.get(cap.key)
                 if old is None:
                     cap_id = str(uuid.uuid4())
@@ -279,19 +277,29 @@ class RegistryStore:
                             .values(updated_at=now, **capability_values(cap))
                         )
                         caps_changed = True
-                if stored_hashes.get(cap_id) != text_hash:
-                    self._put_vector(
-                        conn, cap_id, space_id, text_hash, vectors[text_hash], now, cap_id in stored_hashes
-                    )
+                if stored_hashes[space_id].get(cap_id) != text_hash:
+                    exists = cap_id in stored_hashes[space_id]
+                    self._put_vector(conn, cap_id, space_id, text_hash, vectors[text_hash], now, exists)
                     new_vectors[cap_id] = vector_from_bytes(vectors[text_hash])
                     caps_changed = True
+                for other in more:
+                    other_hash = other.hashes[i]
+                    if stored_hashes[other.space_id].get(cap_id) != other_hash:
+                        exists = cap_id in stored_hashes[other.space_id]
+                        self._put_vector(
+                            conn, cap_id, other.space_id, other_hash, other.vectors[other_hash], now, exists
+                        )
+                        other_vectors_changed = True
             if removed:
                 conn.execute(delete(t.capabilities).where(t.capabilities.c.id.in_(removed)))
 
             if not (agent_changed or caps_changed):
-                # Nothing changed; a leased agent's registration still renews its lease.
+                # Nothing changed; a leased agent's registration still renews its lease, and vectors new to
+                # another live space are logged so that every replica's index of that space gets them.
                 if lease_ttl_ms:
                     observed = self._renew(conn, agent.tenant, agent_id, lease_ttl_ms, now)
+                elif other_vectors_changed:
+                    observed = self._log(conn, agent.tenant, agent_id, "vectors", now)
                 else:
                     observed = changelog.last_seq(conn)
                 stored = self._load_agent(conn, agent_id)
@@ -534,6 +542,14 @@ class RegistryStore:
         for row in rows:
             grouped.setdefault(row["agent_id"], []).append(capability_from_row(row))
         return {agent_id: tuple(caps) for agent_id, caps in grouped.items()}
+
+
+class SpaceVectors(NamedTuple):
+    """A write's vectors in one space: the text hash of each capability, and each hash's float32 bytes."""
+
+    space_id: int
+    hashes: Sequence[str]
+    vectors: dict[str, bytes]
 
 
 def _vector_column(conn: Connection, space_id: int, cap_ids: list[str], column: Any) -> dict[str, Any]:

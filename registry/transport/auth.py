@@ -38,6 +38,11 @@ AUDITED: dict[str, tuple[str, str]] = {
     "/capreg.v1.BudgetService/DeleteBudget": ("budget", "budget"),
     "/capreg.v1.KeyService/CreateKey": ("api_key", "response.key.id"),  # the id RevokeKey will name
     "/capreg.v1.KeyService/RevokeKey": ("api_key", "id"),
+    "/capreg.v1.AdminService/CreateSpace": ("space", "name"),
+    "/capreg.v1.AdminService/SetShadow": ("space", "name"),
+    "/capreg.v1.AdminService/PromoteSpace": ("space", "name"),
+    "/capreg.v1.AdminService/RollbackSpace": ("space", "response.name"),  # the space that serves again
+    "/capreg.v1.AdminService/RetireSpace": ("space", "name"),
 }
 # Never copied into the audit log.
 SECRET_FIELDS = {"token"}

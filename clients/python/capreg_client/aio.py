@@ -198,6 +198,38 @@ class AsyncCapregClient:
         """How this server's index stands: watermark, log head, digest, start-up, last snapshot."""
         return await self._call(self._admin.GetIndexStatus, admin_pb2.GetIndexStatusRequest(), timeout)
 
+    # -- vector spaces (cluster operators) ------------------------------------------------------------
+
+    async def create_space(
+        self, name: str, model: str, template: str, *, timeout: float | None = None
+    ) -> admin_pb2.Space:
+        request = admin_pb2.CreateSpaceRequest(name=name, model=model, template=template)
+        return await self._call(self._admin.CreateSpace, request, timeout)
+
+    async def get_space(self, name: str, *, timeout: float | None = None) -> admin_pb2.Space:
+        return await self._call(self._admin.GetSpace, admin_pb2.GetSpaceRequest(name=name), timeout)
+
+    async def list_spaces(self, *, timeout: float | None = None) -> list[admin_pb2.Space]:
+        return list((await self._call(self._admin.ListSpaces, admin_pb2.ListSpacesRequest(), timeout)).spaces)
+
+    async def compare_spaces(
+        self, request: admin_pb2.CompareSpacesRequest, *, timeout: float | None = None
+    ) -> admin_pb2.CompareSpacesResponse:
+        return await self._call(self._admin.CompareSpaces, request, timeout)
+
+    async def set_shadow(self, name: str, fraction: float, *, timeout: float | None = None) -> admin_pb2.Space:
+        request = admin_pb2.SetShadowRequest(name=name, fraction=fraction)
+        return await self._call(self._admin.SetShadow, request, timeout)
+
+    async def promote_space(self, name: str, *, timeout: float | None = None) -> admin_pb2.Space:
+        return await self._call(self._admin.PromoteSpace, admin_pb2.PromoteSpaceRequest(name=name), timeout)
+
+    async def rollback_space(self, *, timeout: float | None = None) -> admin_pb2.Space:
+        return await self._call(self._admin.RollbackSpace, admin_pb2.RollbackSpaceRequest(), timeout)
+
+    async def retire_space(self, name: str, *, timeout: float | None = None) -> admin_pb2.Space:
+        return await self._call(self._admin.RetireSpace, admin_pb2.RetireSpaceRequest(name=name), timeout)
+
     # -- policies ------------------------------------------------------------------------------------
 
     async def create_policy(

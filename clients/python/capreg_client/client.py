@@ -231,6 +231,48 @@ class CapregClient:
         """How this server's index stands: watermark, log head, digest, start-up, last snapshot."""
         return self._call(self._admin.GetIndexStatus, admin_pb2.GetIndexStatusRequest(), timeout)
 
+    # -- vector spaces (cluster operators) ------------------------------------------------------------
+
+    def create_space(self, name: str, model: str, template: str, *, timeout: float | None = None) -> admin_pb2.Space:
+        request = admin_pb2.CreateSpaceRequest(name=name, model=model, template=template)
+        return self._call(self._admin.CreateSpace, request, timeout)
+
+    def backfill_space(self, name: str, *, batch_size: int = 0) -> Iterator[admin_pb2.BackfillProgress]:
+        """Stream the backfill's progress; closing the iterator stops it (a later call resumes)."""
+        call = self._admin.BackfillSpace(
+            admin_pb2.BackfillSpaceRequest(name=name, batch_size=batch_size), metadata=self._auth
+        )
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    def get_space(self, name: str, *, timeout: float | None = None) -> admin_pb2.Space:
+        return self._call(self._admin.GetSpace, admin_pb2.GetSpaceRequest(name=name), timeout)
+
+    def list_spaces(self, *, timeout: float | None = None) -> list[admin_pb2.Space]:
+        return list((self._call(self._admin.ListSpaces, admin_pb2.ListSpacesRequest(), timeout)).spaces)
+
+    def compare_spaces(
+        self, request: admin_pb2.CompareSpacesRequest, *, timeout: float | None = None
+    ) -> admin_pb2.CompareSpacesResponse:
+        return self._call(self._admin.CompareSpaces, request, timeout)
+
+    def set_shadow(self, name: str, fraction: float, *, timeout: float | None = None) -> admin_pb2.Space:
+        request = admin_pb2.SetShadowRequest(name=name, fraction=fraction)
+        return self._call(self._admin.SetShadow, request, timeout)
+
+    def promote_space(self, name: str, *, timeout: float | None = None) -> admin_pb2.Space:
+        return self._call(self._admin.PromoteSpace, admin_pb2.PromoteSpaceRequest(name=name), timeout)
+
+    def rollback_space(self, *, timeout: float | None = None) -> admin_pb2.Space:
+        return self._call(self._admin.RollbackSpace, admin_pb2.RollbackSpaceRequest(), timeout)
+
+    def retire_space(self, name: str, *, timeout: float | None = None) -> admin_pb2.Space:
+        return self._call(self._admin.RetireSpace, admin_pb2.RetireSpaceRequest(name=name), timeout)
+
     # -- policies ------------------------------------------------------------------------------------
 
     def create_policy(self, policy: policy_pb2.Policy, *, timeout: float | None = None) -> policy_pb2.PolicyResponse:

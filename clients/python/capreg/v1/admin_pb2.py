@@ -25,17 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61preg/v1/admin.proto\x12\tcapreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n\x15GetIndexStatusRequest\"\xde\x02\n\x0bIndexStatus\x12\x14\n\x0cvector_space\x18\x01 \x01(\t\x12\x11\n\twatermark\x18\x02 \x01(\x03\x12\x10\n\x08log_head\x18\x03 \x01(\x03\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x16\n\x0estartup_source\x18\x07 \x01(\t\x12\x16\n\x0estartup_reason\x18\x08 \x01(\t\x12\x17\n\x0fstartup_seconds\x18\t \x01(\x01\x12\x1a\n\x12snapshot_watermark\x18\n \x01(\x03\x12\x31\n\rsnapshot_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esnapshot_error\x18\x0c \x01(\t\x12\x16\n\x0e\x66ollower_error\x18\r \x01(\t\x12\x17\n\x0f\x63hanges_applied\x18\x0e \x01(\x03\x32Z\n\x0c\x41\x64minService\x12J\n\x0eGetIndexStatus\x12 .capreg.v1.GetIndexStatusRequest\x1a\x16.capreg.v1.IndexStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61preg/v1/admin.proto\x12\tcapreg.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x04\n\x05Space\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x0b\n\x03\x64im\x18\x06 \x01(\x05\x12\x0e\n\x06metric\x18\x07 \x01(\t\x12$\n\x05state\x18\x08 \x01(\x0e\x32\x15.capreg.v1.SpaceState\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nready_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cserving_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bretire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfail_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x18\n\x10previous_serving\x18\x0f \x01(\t\x12\x17\n\x0fshadow_fraction\x18\x10 \x01(\x01\x12\x1a\n\x12\x63\x61pabilities_total\x18\x11 \x01(\x03\x12\x1d\n\x15\x63\x61pabilities_embedded\x18\x12 \x01(\x03\x12\x11\n\tlive_here\x18\x13 \x01(\x08\x12\x14\n\x0cindexed_here\x18\x14 \x01(\x03\x12&\n\x06shadow\x18\x15 \x01(\x0b\x32\x16.capreg.v1.ShadowStats\"^\n\x0bShadowStats\x12\x0f\n\x07samples\x18\x01 \x01(\x03\x12\x14\n\x0coverlap_at_k\x18\x02 \x01(\x01\x12\x18\n\x10rank_correlation\x18\x03 \x01(\x01\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x03\"C\n\x12\x43reateSpaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\"\x1f\n\x0fGetSpaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListSpacesRequest\"6\n\x12ListSpacesResponse\x12 \n\x06spaces\x18\x01 \x03(\x0b\x32\x10.capreg.v1.Space\"8\n\x14\x42\x61\x63kfillSpaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\"\x87\x01\n\x10\x42\x61\x63kfillProgress\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x12\n\nrate_per_s\x18\x04 \x01(\x01\x12\r\n\x05\x65ta_s\x18\x05 \x01(\x01\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.capreg.v1.SpaceState\"-\n\x0b\x43ompareTask\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08\x65xpected\x18\x02 \x03(\t\"\x82\x01\n\x14\x43ompareSpacesRequest\x12\x0b\n\x03old\x18\x01 \x01(\t\x12\x0b\n\x03new\x18\x02 \x01(\t\x12%\n\x05tasks\x18\x03 \x03(\x0b\x32\x16.capreg.v1.CompareTask\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x0e\n\x06recent\x18\x06 \x01(\x05\"+\n\rSpaceAccuracy\x12\x0c\n\x04top1\x18\x01 \x01(\x01\x12\x0c\n\x04top5\x18\x02 \x01(\x01\"\xed\x01\n\x15\x43ompareSpacesResponse\x12\x0b\n\x03old\x18\x01 \x01(\t\x12\x0b\n\x03new\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x01(\x03\x12\x10\n\x08labelled\x18\x04 \x01(\x03\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x14\n\x0coverlap_at_k\x18\x06 \x01(\x01\x12\x18\n\x10rank_correlation\x18\x07 \x01(\x01\x12.\n\x0cold_accuracy\x18\x08 \x01(\x0b\x32\x18.capreg.v1.SpaceAccuracy\x12.\n\x0cnew_accuracy\x18\t \x01(\x0b\x32\x18.capreg.v1.SpaceAccuracy\"2\n\x10SetShadowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"#\n\x13PromoteSpaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14RollbackSpaceRequest\"\"\n\x12RetireSpaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15GetIndexStatusRequest\"\xde\x02\n\x0bIndexStatus\x12\x14\n\x0cvector_space\x18\x01 \x01(\t\x12\x11\n\twatermark\x18\x02 \x01(\x03\x12\x10\n\x08log_head\x18\x03 \x01(\x03\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x16\n\x0estartup_source\x18\x07 \x01(\t\x12\x16\n\x0estartup_reason\x18\x08 \x01(\t\x12\x17\n\x0fstartup_seconds\x18\t \x01(\x01\x12\x1a\n\x12snapshot_watermark\x18\n \x01(\x03\x12\x31\n\rsnapshot_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esnapshot_error\x18\x0c \x01(\t\x12\x16\n\x0e\x66ollower_error\x18\r \x01(\t\x12\x17\n\x0f\x63hanges_applied\x18\x0e \x01(\x03*\xa4\x01\n\nSpaceState\x12\x1b\n\x17SPACE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SPACE_STATE_BUILDING\x10\x01\x12\x15\n\x11SPACE_STATE_READY\x10\x02\x12\x17\n\x13SPACE_STATE_SERVING\x10\x03\x12\x17\n\x13SPACE_STATE_RETIRED\x10\x04\x12\x16\n\x12SPACE_STATE_FAILED\x10\x05\x32\xc6\x05\n\x0c\x41\x64minService\x12J\n\x0eGetIndexStatus\x12 .capreg.v1.GetIndexStatusRequest\x1a\x16.capreg.v1.IndexStatus\x12>\n\x0b\x43reateSpace\x12\x1d.capreg.v1.CreateSpaceRequest\x1a\x10.capreg.v1.Space\x12\x38\n\x08GetSpace\x12\x1a.capreg.v1.GetSpaceRequest\x1a\x10.capreg.v1.Space\x12I\n\nListSpaces\x12\x1c.capreg.v1.ListSpacesRequest\x1a\x1d.capreg.v1.ListSpacesResponse\x12O\n\rBackfillSpace\x12\x1f.capreg.v1.BackfillSpaceRequest\x1a\x1b.capreg.v1.BackfillProgress0\x01\x12R\n\rCompareSpaces\x12\x1f.capreg.v1.CompareSpacesRequest\x1a .capreg.v1.CompareSpacesResponse\x12:\n\tSetShadow\x12\x1b.capreg.v1.SetShadowRequest\x1a\x10.capreg.v1.Space\x12@\n\x0cPromoteSpace\x12\x1e.capreg.v1.PromoteSpaceRequest\x1a\x10.capreg.v1.Space\x12\x42\n\rRollbackSpace\x12\x1f.capreg.v1.RollbackSpaceRequest\x1a\x10.capreg.v1.Space\x12>\n\x0bRetireSpace\x12\x1d.capreg.v1.RetireSpaceRequest\x1a\x10.capreg.v1.Spaceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capreg.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETINDEXSTATUSREQUEST']._serialized_start=69
-  _globals['_GETINDEXSTATUSREQUEST']._serialized_end=92
-  _globals['_INDEXSTATUS']._serialized_start=95
-  _globals['_INDEXSTATUS']._serialized_end=445
-  _globals['_ADMINSERVICE']._serialized_start=447
-  _globals['_ADMINSERVICE']._serialized_end=537
+  _globals['_SPACESTATE']._serialized_start=2154
+  _globals['_SPACESTATE']._serialized_end=2318
+  _globals['_SPACE']._serialized_start=70
+  _globals['_SPACE']._serialized_end=688
+  _globals['_SHADOWSTATS']._serialized_start=690
+  _globals['_SHADOWSTATS']._serialized_end=784
+  _globals['_CREATESPACEREQUEST']._serialized_start=786
+  _globals['_CREATESPACEREQUEST']._serialized_end=853
+  _globals['_GETSPACEREQUEST']._serialized_start=855
+  _globals['_GETSPACEREQUEST']._serialized_end=886
+  _globals['_LISTSPACESREQUEST']._serialized_start=888
+  _globals['_LISTSPACESREQUEST']._serialized_end=907
+  _globals['_LISTSPACESRESPONSE']._serialized_start=909
+  _globals['_LISTSPACESRESPONSE']._serialized_end=963
+  _globals['_BACKFILLSPACEREQUEST']._serialized_start=965
+  _globals['_BACKFILLSPACEREQUEST']._serialized_end=1021
+  _globals['_BACKFILLPROGRESS']._serialized_start=1024
+  _globals['_BACKFILLPROGRESS']._serialized_end=1159
+  _globals['_COMPARETASK']._serialized_start=1161
+  _globals['_COMPARETASK']._serialized_end=1206
+  _globals['_COMPARESPACESREQUEST']._serialized_start=1209
+  _globals['_COMPARESPACESREQUEST']._serialized_end=1339
+  _globals['_SPACEACCURACY']._serialized_start=1341
+  _globals['_SPACEACCURACY']._serialized_end=1384
+  _globals['_COMPARESPACESRESPONSE']._serialized_start=1387
+  _globals['_COMPARESPACESRESPONSE']._serialized_end=1624
+  _globals['_SETSHADOWREQUEST']._serialized_start=1626
+  _globals['_SETSHADOWREQUEST']._serialized_end=1676
+  _globals['_PROMOTESPACEREQUEST']._serialized_start=1678
+  _globals['_PROMOTESPACEREQUEST']._serialized_end=1713
+  _globals['_ROLLBACKSPACEREQUEST']._serialized_start=1715
+  _globals['_ROLLBACKSPACEREQUEST']._serialized_end=1737
+  _globals['_RETIRESPACEREQUEST']._serialized_start=1739
+  _globals['_RETIRESPACEREQUEST']._serialized_end=1773
+  _globals['_GETINDEXSTATUSREQUEST']._serialized_start=1775
+  _globals['_GETINDEXSTATUSREQUEST']._serialized_end=1798
+  _globals['_INDEXSTATUS']._serialized_start=1801
+  _globals['_INDEXSTATUS']._serialized_end=2151
+  _globals['_ADMINSERVICE']._serialized_start=2321
+  _globals['_ADMINSERVICE']._serialized_end=3031
 # @@protoc_insertion_point(module_scope)

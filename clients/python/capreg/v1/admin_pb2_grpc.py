@@ -39,6 +39,51 @@ class AdminServiceStub:
                 request_serializer=capreg_dot_v1_dot_admin__pb2.GetIndexStatusRequest.SerializeToString,
                 response_deserializer=capreg_dot_v1_dot_admin__pb2.IndexStatus.FromString,
                 _registered_method=True)
+        self.CreateSpace = channel.unary_unary(
+                '/capreg.v1.AdminService/CreateSpace',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.CreateSpaceRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.Space.FromString,
+                _registered_method=True)
+        self.GetSpace = channel.unary_unary(
+                '/capreg.v1.AdminService/GetSpace',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.GetSpaceRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.Space.FromString,
+                _registered_method=True)
+        self.ListSpaces = channel.unary_unary(
+                '/capreg.v1.AdminService/ListSpaces',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.ListSpacesRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.ListSpacesResponse.FromString,
+                _registered_method=True)
+        self.BackfillSpace = channel.unary_stream(
+                '/capreg.v1.AdminService/BackfillSpace',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.BackfillSpaceRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.BackfillProgress.FromString,
+                _registered_method=True)
+        self.CompareSpaces = channel.unary_unary(
+                '/capreg.v1.AdminService/CompareSpaces',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.CompareSpacesRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.CompareSpacesResponse.FromString,
+                _registered_method=True)
+        self.SetShadow = channel.unary_unary(
+                '/capreg.v1.AdminService/SetShadow',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.SetShadowRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.Space.FromString,
+                _registered_method=True)
+        self.PromoteSpace = channel.unary_unary(
+                '/capreg.v1.AdminService/PromoteSpace',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.PromoteSpaceRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.Space.FromString,
+                _registered_method=True)
+        self.RollbackSpace = channel.unary_unary(
+                '/capreg.v1.AdminService/RollbackSpace',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.RollbackSpaceRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.Space.FromString,
+                _registered_method=True)
+        self.RetireSpace = channel.unary_unary(
+                '/capreg.v1.AdminService/RetireSpace',
+                request_serializer=capreg_dot_v1_dot_admin__pb2.RetireSpaceRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_admin__pb2.Space.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -52,6 +97,70 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSpace(self, request, context):
+        """A new vector space (a model and a text template), in state BUILDING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSpace(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpaces(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackfillSpace(self, request, context):
+        """Embeds every capability the space lacks, in committed batches, streaming
+        progress; resumable (a new call continues where one stopped). Ends READY.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareSpaces(self, request, context):
+        """Runs tasks through two spaces and compares their answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShadow(self, request, context):
+        """Also runs this fraction of live text Discovers against a candidate space,
+        recording how its answers compare (see Space.shadow); answers never change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteSpace(self, request, context):
+        """Makes a READY space the serving one, atomically; every server follows
+        through the change log within seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackSpace(self, request, context):
+        """Serves again the space that served before the current one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireSpace(self, request, context):
+        """Drops a space that does not serve: its vectors and indexes are freed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +168,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetIndexStatus,
                     request_deserializer=capreg_dot_v1_dot_admin__pb2.GetIndexStatusRequest.FromString,
                     response_serializer=capreg_dot_v1_dot_admin__pb2.IndexStatus.SerializeToString,
+            ),
+            'CreateSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSpace,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.CreateSpaceRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.Space.SerializeToString,
+            ),
+            'GetSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpace,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.GetSpaceRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.Space.SerializeToString,
+            ),
+            'ListSpaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpaces,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.ListSpacesRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.ListSpacesResponse.SerializeToString,
+            ),
+            'BackfillSpace': grpc.unary_stream_rpc_method_handler(
+                    servicer.BackfillSpace,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.BackfillSpaceRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.BackfillProgress.SerializeToString,
+            ),
+            'CompareSpaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareSpaces,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.CompareSpacesRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.CompareSpacesResponse.SerializeToString,
+            ),
+            'SetShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShadow,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.SetShadowRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.Space.SerializeToString,
+            ),
+            'PromoteSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteSpace,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.PromoteSpaceRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.Space.SerializeToString,
+            ),
+            'RollbackSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackSpace,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.RollbackSpaceRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.Space.SerializeToString,
+            ),
+            'RetireSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireSpace,
+                    request_deserializer=capreg_dot_v1_dot_admin__pb2.RetireSpaceRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_admin__pb2.Space.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +242,249 @@ class AdminService:
             '/capreg.v1.AdminService/GetIndexStatus',
             capreg_dot_v1_dot_admin__pb2.GetIndexStatusRequest.SerializeToString,
             capreg_dot_v1_dot_admin__pb2.IndexStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/CreateSpace',
+            capreg_dot_v1_dot_admin__pb2.CreateSpaceRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.Space.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/GetSpace',
+            capreg_dot_v1_dot_admin__pb2.GetSpaceRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.Space.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/ListSpaces',
+            capreg_dot_v1_dot_admin__pb2.ListSpacesRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.ListSpacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/capreg.v1.AdminService/BackfillSpace',
+            capreg_dot_v1_dot_admin__pb2.BackfillSpaceRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.BackfillProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareSpaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/CompareSpaces',
+            capreg_dot_v1_dot_admin__pb2.CompareSpacesRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.CompareSpacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/SetShadow',
+            capreg_dot_v1_dot_admin__pb2.SetShadowRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.Space.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/PromoteSpace',
+            capreg_dot_v1_dot_admin__pb2.PromoteSpaceRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.Space.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/RollbackSpace',
+            capreg_dot_v1_dot_admin__pb2.RollbackSpaceRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.Space.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.AdminService/RetireSpace',
+            capreg_dot_v1_dot_admin__pb2.RetireSpaceRequest.SerializeToString,
+            capreg_dot_v1_dot_admin__pb2.Space.FromString,
             options,
             channel_credentials,
             insecure,
