@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     vector_space: str = "minilm-l6-v2"
     capability_template: str = DEFAULT_TEMPLATE
     embed_cache_size: int = Field(10_000, ge=0)
+    # Where named embedding models that are built locally (`capreg models distill`) are cached; <data_dir>/models
+    # when unset (registry/embedding/models.py resolve_models_dir).
+    models_dir: Path | None = None
 
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=16)
