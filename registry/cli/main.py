@@ -25,6 +25,7 @@ from registry.cli import output
 from registry.cli.budgets import budgets
 from registry.cli.common import CONTEXT, call, client_options, fail, json_option
 from registry.cli.keys import audit, keys
+from registry.cli.models import models
 from registry.cli.policies import policies
 from registry.cli.status import status
 from registry.cli.vectors import vectors
@@ -454,6 +455,7 @@ cli.add_command(keys)
 cli.add_command(audit)
 cli.add_command(status)
 cli.add_command(vectors)
+cli.add_command(models)
 
 
 def main() -> None:
