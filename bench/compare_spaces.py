@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,9 +34,14 @@ OLD = "minilm-l6-v2"
 TEMPLATE = "{name}: {description}"
 
 
+def agent_name(tool: str) -> str:
+    """A MetaTool tool name as a valid agent name (letters, digits and . _ : / @ -)."""
+    return re.sub(r"[^a-z0-9._:/@-]", "-", tool.lower()).strip("-._:/@")[:128] or "tool"
+
+
 def tool_agent(name: str, description: str) -> agent_pb2.Agent:
     cap = agent_pb2.Capability(name="use", version="1.0.0", description=description[:4000])
-    return agent_pb2.Agent(name=name.lower()[:128], kind=agent_pb2.AGENT_KIND_TOOL, capabilities=[cap])
+    return agent_pb2.Agent(name=agent_name(name), kind=agent_pb2.AGENT_KIND_TOOL, capabilities=[cap])
 
 
 def main() -> None:
@@ -56,7 +62,7 @@ def main() -> None:
         with tasks.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["query", "tool"])
-            writer.writerows([q["query"], q["tool"].lower()] for q in queries)
+            writer.writerows([q["query"], agent_name(q["tool"])] for q in queries)
         started = time.perf_counter()
         models.distill(STATIC, scratch / "server" / "models")  # the operator step before a rollout
         distill_s = time.perf_counter() - started

@@ -283,3 +283,35 @@ def test_a_promotion_reaches_another_server_through_the_change_log(
         while on_b.get_space(OLD).live_here:
             assert time.monotonic() < deadline, "b never freed the retired space"
             time.sleep(0.01)
+
+
+def test_a_model_that_fails_while_backfilling_marks_the_space_failed(server: ServerThread) -> None:
+    with CapregClient(server.target, timeout=120) as admin:
+        admin.create_space("doomed", STATIC, "{name}: {description}")
+        live = server.app.spaces.get("doomed")
+
+        def broken(texts: object) -> object:
+            raise RuntimeError("out of memory")
+
+        live.embedder = type("Broken", (), {"embed": staticmethod(broken)})()
+        with pytest.raises(CapregError) as failed:
+            list(admin.backfill_space("doomed"))
+        assert failed.value.code.name == "FAILED_PRECONDITION" and "out of memory" in str(failed.value)
+        space = admin.get_space("doomed")
+        assert space.state == admin_pb2.SPACE_STATE_FAILED and "out of memory" in space.error
+        assert not space.live_here  # a failed space is dropped from every process
+        assert admin.retire_space("doomed").state == admin_pb2.SPACE_STATE_RETIRED
+
+
+def test_the_cli_walks_a_rollout(server: ServerThread) -> None:
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["vectors", *args, "--target", server.target])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "building" in run("create", "static", "--model", STATIC)
+    assert "ready" in run("backfill", "static")
+    assert '"name": "static"' in run("list", "--json")
+    assert "serving" in run("promote", "static")
+    assert "minilm-l6-v2: serving" in run("rollback")
+    assert "static: retired" in run("retire", "static")

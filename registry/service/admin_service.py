@@ -200,7 +200,15 @@ class AdminService:
         started, done = time.monotonic(), 0
         while batch := await asyncio.to_thread(self._space_store.missing, space.id, batch_size):
             texts = [render(space.template, m.agent, m.capability) for m in batch]
-            vectors = await asyncio.to_thread(live.embedder.embed, texts)
+            try:
+                vectors = await asyncio.to_thread(live.embedder.embed, texts)
+            except Exception as exc:  # the model itself fails: the space cannot be built as configured
+                seq = await asyncio.to_thread(self._space_store.fail, space.id, f"embedding failed: {exc}")
+                if seq:
+                    await self._settle(seq)
+                raise FailedPrecondition(
+                    f"vector space {name!r} failed: its model could not embed ({exc}); retire it and create another"
+                ) from exc
             rows = [
                 (m, text_hash(text), vector_to_bytes(np.asarray(vector, dtype=np.float32)))
                 for m, text, vector in zip(batch, texts, vectors, strict=True)
