@@ -63,7 +63,7 @@ class SnapshotKeeper:
                 info = await asyncio.to_thread(snapshot.write, index, self._serving.space, self.root)
             except Exception as exc:
                 self.failed += 1
-                self.last_error = str(exc)
+                self.last_error = str(exc) or type(exc).__name__  # never "" while failing: "" means no error
                 raise
         self.last, self.last_error, self._saved_watermark = info, "", info.watermark
         self.saved_at = datetime.now(UTC)
