@@ -4,9 +4,9 @@ change log from the snapshot's watermark.
 Layout, under `<data_dir>/snapshots/<space>/`:
     CURRENT                 the name of the live snapshot directory, replaced atomically
     <watermark>-<stamp>/    meta.json, vectors.npy, graph.bin, entries.jsonl
-meta.json holds the watermark, what the space was built with, and the sha256 of every other file. A
-snapshot that is missing, truncated, altered or made for another space is refused with a reason; the
-caller then rebuilds from the stored vectors (never re-embedding).
+meta.json holds the watermark, what the space was built with, the sha256 of every other file and a
+checksum of its own content. A snapshot that is missing, truncated, altered or made for another space is
+refused with a reason; the caller then rebuilds from the stored vectors (never re-embedding).
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def write(index: SpaceIndex, space: VectorSpace, root: Path, keep: int = 2) -> S
                 out.write("\n")
         files = {f: _sha256(target / f) for f in FILES}
         meta = {"format": FORMAT, "watermark": index.watermark, "rows": size} | space_identity(space)
-        (target / "meta.json").write_text(json.dumps(meta | {"files": files}, indent=2))
+        meta["files"] = files
+        meta["checksum"] = _meta_checksum(meta)
+        (target / "meta.json").write_text(json.dumps(meta, indent=2))
         for f in (*FILES, "meta.json"):
             _fsync(target / f)
         final = root / name
@@ -105,13 +107,24 @@ def load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceInd
     pointer = root / CURRENT
     if not pointer.exists():
         raise SnapshotError(f"no snapshot in {root}")
-    directory = root / pointer.read_text().strip()
     try:
-        meta = json.loads((directory / "meta.json").read_text())
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        raise SnapshotError(f"{pointer} is unreadable: {exc}") from exc
+    if name in ("", ".", "..") or Path(name).name != name:
+        raise SnapshotError(f"{pointer} does not name a snapshot directory: {name[:100]!r}")
+    directory = root / name
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SnapshotError(f"{directory}/meta.json is unreadable: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise SnapshotError(f"{directory}/meta.json is not a JSON object")
     if meta.get("format") != FORMAT:
         raise SnapshotError(f"snapshot format {meta.get('format')!r} is not {FORMAT}")
+    checksum = meta.pop("checksum", None)
+    if checksum != _meta_checksum(meta):  # an altered watermark would skip changes silently
+        raise SnapshotError(f"{directory}/meta.json does not match its checksum: truncated or altered")
     for key, wanted in space_identity(space).items():
         if meta.get(key) != wanted:
             raise SnapshotError(f"the snapshot was made for {key}={meta.get(key)!r}, not {wanted!r}")
@@ -132,7 +145,10 @@ def load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceInd
     if vectors.shape != (rows, space.dim) or len(entries) != rows:
         raise SnapshotError(f"{directory} holds {vectors.shape} vectors and {len(entries)} entries, not {rows} rows")
     free = {row for row, entry in enumerate(entries) if entry is None}
-    graph = HnswGraph.load(str(directory / "graph.bin"), space.dim, template_index.hnsw_params, free)
+    try:
+        graph = HnswGraph.load(str(directory / "graph.bin"), space.dim, template_index.hnsw_params, free)
+    except RuntimeError as exc:  # hnswlib cannot read it (e.g. written by another version)
+        raise SnapshotError(f"{directory}/graph.bin does not load: {exc}") from exc
     return SpaceIndex.restore(
         space.dim,
         template_index.hnsw_params,
@@ -210,6 +226,10 @@ def entry_from_json(data: dict[str, Any]) -> CatalogEntry:
         lease_expires_at=float(lease) if lease is not None else float("inf"),
         text_sha256=data["text_sha256"],
     )
+
+
+def _meta_checksum(meta: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:

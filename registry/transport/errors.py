@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -186,6 +187,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 try:
                     source = checked_stream(request) if client_streams else checked(request)
+                    if inspect.iscoroutinefunction(streaming):  # writes with context.write (grpc health Watch)
+                        await streaming(source, context)
+                        return
                     async for response in streaming(source, context):
                         yield response
                 except Exception as exc:
