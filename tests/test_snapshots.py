@@ -43,6 +43,7 @@ from registry.embedding.sentence import SentenceTransformerEmbedder
 from registry.index import snapshot
 from registry.index.columns import constraint_mask
 from registry.index.hnsw import HnswParams
+from registry.index.snapshot import SnapshotInfo
 from registry.index.space_index import PlannerParams, SpaceIndex
 from registry.store import tables as t
 from registry.store.engine import make_engine
@@ -61,6 +62,15 @@ DOES = {
     "chef": "Suggests dinner recipes from the ingredients in your fridge.",
 }
 INVOICER_NOW = "Books train and flight tickets for business travel."
+
+
+SPACE = "minilm-l6-v2"  # the vector space every test server starts with
+
+
+def one(written: list[SnapshotInfo]) -> SnapshotInfo | None:
+    """The serving space's snapshot from a write_now (the only live space in these tests), or None."""
+    assert len(written) <= 1
+    return written[0] if written else None
 
 
 class CountingEmbedder:
@@ -154,7 +164,7 @@ def current(root: Path) -> Path:
 def reloaded(server: ServerThread) -> SpaceIndex:
     """The server's CURRENT snapshot, read back from disk."""
     app = server.app
-    return snapshot.load(app.snapshots.root, app.serving.space, SpaceIndex(app.serving.space.dim))
+    return snapshot.load(app.snapshots.directory(SPACE), app.serving.space, SpaceIndex(app.serving.space.dim))
 
 
 def status_json(server: ServerThread) -> dict[str, Any]:
@@ -175,9 +185,9 @@ def test_a_restart_loads_the_snapshot_then_replays_the_log_after_its_watermark(
         with CapregClient(first.target, timeout=30) as client:
             for name in ("poet", "translator", "transcriber", "invoicer"):
                 client.register_agent(text_agent(name))
-            info = first.run(first.app.snapshots.write_now())
+            info = one(first.run(first.app.snapshots.write_now()))
             assert info is not None and info.watermark == first.app.store.watermark() and info.rows == 4
-            assert first.run(first.app.snapshots.write_now()) is None  # nothing changed since
+            assert one(first.run(first.app.snapshots.write_now())) is None  # nothing changed since
             # After the snapshot: new agents, a status change, a removal and a changed text.
             client.register_agent(text_agent("reviewer"))
             client.register_agent(text_agent("forecaster"))
@@ -185,7 +195,7 @@ def test_a_restart_loads_the_snapshot_then_replays_the_log_after_its_watermark(
             client.deregister_agent("transcriber", tenant=TENANT)
             client.register_agent(text_agent("invoicer", INVOICER_NOW))
         head = first.app.store.watermark()
-        root = first.app.snapshots.root
+        root = first.app.snapshots.directory(SPACE)
     assert current(root) == info.path  # interval 0: no snapshot at shutdown either
     engine = make_engine(database_url)
     try:
@@ -221,14 +231,14 @@ def test_the_snapshot_written_at_shutdown_is_loaded_with_nothing_to_replay(
             client.register_agent(text_agent("chef"))
         assert first.app.snapshots.written == 0  # the periodic one is an hour away
         head = first.app.store.watermark()
-    assert first.app.snapshots.written == 1 and first.app.snapshots.saved_watermark == head
+    assert first.app.snapshots.written == 1 and first.app.snapshots.saved_watermark(SPACE) == head
     counting.calls = 0
     with serve(data, database_url, counting, snapshot_interval_s=3600) as second:
         assert counting.calls == 0
         assert (second.app.startup.source, second.app.startup.watermark) == ("snapshot", head)
         assert second.app.follower.applied == 0
         assert index_digest(second) == database_digest(second)
-        assert second.run(second.app.snapshots.write_now()) is None  # loaded at this watermark already
+        assert one(second.run(second.app.snapshots.write_now())) is None  # loaded at this watermark already
         with CapregClient(second.target, timeout=30) as client:
             assert found(client, DOES["chef"])[0] == "chef" and found(client, DOES["poet"])[0] == "poet"
 
@@ -243,11 +253,11 @@ def test_snapshots_are_written_periodically_and_only_the_newest_two_are_kept(
         keeper = server.app.snapshots
         for name in ("poet", "chef", "forecaster"):
             token = client.register_agent(text_agent(name)).consistency_token
-            wait_until(lambda: keeper.saved_watermark == token)  # noqa: B023  # called at once
-            assert current(keeper.root).name.startswith(f"{token:012d}-")
+            wait_until(lambda: keeper.saved_watermark(SPACE) == token)  # noqa: B023  # called at once
+            assert current(keeper.directory(SPACE)).name.startswith(f"{token:012d}-")
         assert keeper.written >= 3 and keeper.last_error == ""
-        kept = sorted(p.name for p in keeper.root.iterdir() if p.is_dir())
-        assert len(kept) == 2 and current(keeper.root).name == kept[-1]
+        kept = sorted(p.name for p in keeper.directory(SPACE).iterdir() if p.is_dir())
+        assert len(kept) == 2 and current(keeper.directory(SPACE)).name == kept[-1]
         assert reloaded(server).digest() == index_digest(server) == database_digest(server)
 
 
@@ -258,7 +268,7 @@ def test_with_interval_zero_nothing_is_ever_written_and_the_next_start_rebuilds(
     with serve(data, database_url, counting, snapshot_interval_s=0) as first:
         with CapregClient(first.target, timeout=30) as client:
             client.register_agent(text_agent("poet"))
-        root = first.app.snapshots.root
+        root = first.app.snapshots.directory(SPACE)
     assert not root.exists() and first.app.snapshots.written == 0
     counting.calls = 0
     with serve(data, database_url, counting, snapshot_interval_s=0) as second:
@@ -368,7 +378,7 @@ def test_a_bad_snapshot_is_refused_and_the_index_is_rebuilt_without_embedding(
             name: client.register_agent(text_agent(name)).consistency_token
             for name in ("poet", "translator", "transcriber")
         }
-        info = first.run(first.app.snapshots.write_now())
+        info = one(first.run(first.app.snapshots.write_now()))
         assert info is not None and info.watermark == tokens["transcriber"]
         tokens["invoicer"] = client.register_agent(text_agent("invoicer")).consistency_token  # after it
     spoil(Written(first, info.path.parent, info.path, database_url, tokens))
@@ -387,7 +397,7 @@ def test_a_bad_snapshot_is_refused_and_the_index_is_rebuilt_without_embedding(
             # It serves on: writes reach Discover, and the next snapshot is sound.
             token = client.register_agent(text_agent("chef")).consistency_token
             assert found(client, DOES["chef"])[0] == "chef"
-        written = second.run(second.app.snapshots.write_now())
+        written = one(second.run(second.app.snapshots.write_now()))
         assert written is not None and written.watermark == token and second.app.snapshots.last_error == ""
         assert reloaded(second).digest() == index_digest(second) == database_digest(second)
 
@@ -422,9 +432,9 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_server_serves_on(
     ):
         keeper = server.app.snapshots
         client.register_agent(text_agent("poet"))
-        remove = OBSTACLES[obstacle](keeper.root)
+        remove = OBSTACLES[obstacle](keeper.directory(SPACE))
         with pytest.raises(OSError):
-            server.run(keeper.write_now())
+            one(server.run(keeper.write_now()))
         assert keeper.last_error and keeper.failed == 1 and keeper.written == 0
         shown = status_json(server)
         assert shown["snapshot_error"] == keeper.last_error
@@ -436,11 +446,11 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_server_serves_on(
         token = client.register_agent(text_agent("chef")).consistency_token
         assert found(client, DOES["chef"])[0] == "chef"
         with pytest.raises(OSError):
-            server.run(keeper.write_now())
+            one(server.run(keeper.write_now()))
         assert keeper.failed == 2
 
         remove()
-        written = server.run(keeper.write_now())
+        written = one(server.run(keeper.write_now()))
         assert written is not None and written.watermark == token
         assert keeper.last_error == "" and keeper.written == 1
         shown = status_json(server)
@@ -464,7 +474,7 @@ def test_periodic_snapshots_that_fail_are_retried_until_the_disk_is_back(
         token = client.register_agent(text_agent("chef")).consistency_token
         assert found(client, DOES["chef"])[0] == "chef"
         remove()
-        wait_until(lambda: keeper.saved_watermark == token)
+        wait_until(lambda: keeper.saved_watermark(SPACE) == token)
         assert keeper.last_error == ""
     assert server.app.snapshots.written >= 1
 
@@ -478,7 +488,7 @@ def test_a_failure_without_a_message_is_still_reported(
     with serve(tmp_path / "data", database_url, counting, snapshot_interval_s=0) as server:
         monkeypatch.setattr(snapshot, "write", full_disk)
         with pytest.raises(OSError):
-            server.run(server.app.snapshots.write_now())
+            one(server.run(server.app.snapshots.write_now()))
         assert server.app.snapshots.last_error == "OSError"
         assert status_json(server)["snapshot_error"] == "OSError"
 
@@ -490,7 +500,7 @@ def test_a_shutdown_snapshot_that_fails_lets_the_server_stop_and_the_next_start_
     with serve(data, database_url, counting, snapshot_interval_s=3600) as first:
         with CapregClient(first.target, timeout=30) as client:
             client.register_agent(text_agent("poet"))
-        remove = _file_at_root(first.app.snapshots.root)
+        remove = _file_at_root(first.app.snapshots.directory(SPACE))
     assert first.app.snapshots.failed == 1
     remove()
     with serve(data, database_url, counting, snapshot_interval_s=3600) as second:

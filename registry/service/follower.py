@@ -100,8 +100,11 @@ class ChangeFollower:
     async def _run(self) -> None:
         backoff = self._poll_s
         while True:
+            # Not asyncio.wait_for: on 3.11 it can swallow a cancel that lands as the wait completes,
+            # and stop() would then wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.catch_up()
