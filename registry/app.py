@@ -28,6 +28,7 @@ from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.follower import ChangeFollower
 from registry.service.key_service import KeyService
+from registry.service.outcomes import DiscoverMemory, OutcomeIndex, OutcomeService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.service.serving import ServingSpace, Spaces
@@ -38,6 +39,7 @@ from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
 from registry.store.keys import KeyStore
 from registry.store.notify import ChangeListener
+from registry.store.outcomes import OutcomeStore
 from registry.store.policies import PolicyStore
 from registry.store.repository import RegistryStore
 from registry.store.spaces import SpaceStore
@@ -90,6 +92,8 @@ class App:
     space_store: SpaceStore
     loader: SpaceLoader
     admin: AdminService
+    outcomes: OutcomeService
+    outcome_index: OutcomeIndex
     port: int = 0
     operator_key_file: Path | None = None  # written on first start
     listener: ChangeListener | None = None
@@ -257,6 +261,11 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     follower = ChangeFollower(store, spaces, handlers=handlers, poll_s=settings.change_poll_s)
     snapshots = SnapshotKeeper(follower, spaces, settings.data_dir / "snapshots", settings.snapshot_interval_s)
     follower.handle("space", lambda: loader.sync(spaces, snapshots, follower.position))
+    outcome_store = OutcomeStore(engine, settings.max_outcomes_per_capability)
+    outcome_index = OutcomeIndex(outcome_store, settings.max_outcomes_per_capability)
+    await outcome_index.load([live.space.id for live in spaces.live()])
+    follower.handle("outcome", outcome_index.refresh)
+    memory = DiscoverMemory()
     for name, startup in loader.startups.items():
         if startup.source == "snapshot":
             snapshots.loaded_from(name, startup.watermark)
@@ -267,8 +276,15 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             "AUTHENTICATION IS OFF: every caller acts as a cluster operator. Use this for local development only."
         )
     discovery = DiscoveryService(
-        spaces, budgets=budgets, policies=policies.rules_for, sync=follower.sync, recent_texts=settings.recent_texts
+        spaces,
+        budgets=budgets,
+        policies=policies.rules_for,
+        sync=follower.sync,
+        recent_texts=settings.recent_texts,
+        outcomes=outcome_index,
+        memory=memory,
     )
+    outcomes = OutcomeService(outcome_store, spaces, memory, settle=follower.sync)
     admin = AdminService(
         store,
         space_store,
@@ -287,6 +303,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         budgets,
         keys,
         admin,
+        outcomes,
         authenticate=settings.auth_enabled,
         limits=settings.limits(),
     )
@@ -306,5 +323,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         space_store,
         loader,
         admin,
+        outcomes,
+        outcome_index,
         operator_key_file=key_file,
     )

@@ -24,7 +24,7 @@ from typing import Any
 import capreg.v1
 import grpc
 import pytest
-from capreg.v1 import admin_pb2, agent_pb2, budget_pb2, discovery_pb2, keys_pb2, policy_pb2, registry_pb2
+from capreg.v1 import admin_pb2, agent_pb2, budget_pb2, discovery_pb2, keys_pb2, outcome_pb2, policy_pb2, registry_pb2
 from capreg_client import CapregClient, CapregError
 from click.testing import CliRunner
 from google.protobuf import duration_pb2
@@ -249,6 +249,7 @@ REG, DISC = "/capreg.v1.RegistryService/", "/capreg.v1.DiscoveryService/"
 BUD, POL = "/capreg.v1.BudgetService/", "/capreg.v1.PolicyService/"
 KEYS, AUDIT = "/capreg.v1.KeyService/", "/capreg.v1.AuditService/"
 ADMIN = "/capreg.v1.AdminService/"
+OUT = "/capreg.v1.OutcomeService/"
 VECTOR_SPACE = "minilm-l6-v2"  # the space every test server starts with
 ACTIVE = agent_pb2.AGENT_STATUS_ACTIVE
 
@@ -290,6 +291,12 @@ CASES: dict[str, Case] = {
         ),
         by_id=True,
         listed="matches",
+    ),
+    OUT + "ReportOutcome": Case(  # by id: another tenant's private capability is NOT_FOUND
+        lambda w, t, f, i: outcome_pb2.ReportOutcomeRequest(
+            tenant=f, capability_id=w.seeds[t].agent.capabilities[0].id, text=TEXT, success=True
+        ),
+        by_id=True,
     ),
     BUD + "CreateBudget": Case(
         lambda w, t, f, i: budget_pb2.CreateBudgetRequest(
@@ -509,7 +516,7 @@ def test_the_permission_table_says_what_each_role_may_do() -> None:
         "ListAgents",
     }
     assert by_role[Role.ORCHESTRATOR.value] == {
-        "GetAgent", "ListAgents", "Discover",
+        "GetAgent", "ListAgents", "Discover", "ReportOutcome",
         "GetBudget", "ListBudgets", "Reserve", "Commit", "Release", "GetReservation",
     }  # fmt: skip
     assert by_role[Role.OPERATOR.value] == {m.rsplit("/", 1)[1] for m in RPCS if PERMISSIONS[m]}
@@ -517,8 +524,8 @@ def test_the_permission_table_says_what_each_role_may_do() -> None:
 
 
 def test_every_write_is_audited() -> None:
-    """Reads, Discover and budget usage (reserve, commit, release: the hot path) are not audited."""
-    not_audited = {"Reserve", "Commit", "Release", "Discover"}
+    """Reads, Discover, outcomes and budget usage (reserve, commit, release: the hot path) are not audited."""
+    not_audited = {"Reserve", "Commit", "Release", "Discover", "ReportOutcome"}
     writes = {
         m
         for m in RPCS

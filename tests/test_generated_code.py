@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from capreg.v1 import agent_pb2, discovery_pb2, registry_pb2
+from capreg.v1 import agent_pb2, discovery_pb2, outcome_pb2, registry_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,8 +39,17 @@ def test_wire_field_numbers_are_stable() -> None:
     assert request == {
         "tenant": 1, "text": 2, "vector": 3, "top_k": 4, "filters": 5, "vector_space": 6,
         "estimated_input_tokens": 7, "estimated_output_tokens": 8, "task_labels": 9, "budget_id": 10,
-        "min_seq": 11,
+        "min_seq": 11, "cost_preference": 12,
     }  # fmt: skip
+    response = {f.name: f.number for f in discovery_pb2.DiscoverResponse.DESCRIPTOR.fields}
+    assert response == {"matches": 1, "explanation": 2, "vector_space": 3, "watermark": 4, "discover_id": 5}
+    report = {f.name: f.number for f in outcome_pb2.ReportOutcomeRequest.DESCRIPTOR.fields}
+    assert report == {
+        "tenant": 1, "capability_id": 2, "discover_id": 3, "text": 4, "vector": 5, "success": 6, "score": 7,
+        "latency_ms": 8, "input_tokens": 9, "output_tokens": 10, "cost_usd": 11, "vector_space": 12,
+    }  # fmt: skip
+    reported = {f.name: f.number for f in outcome_pb2.ReportOutcomeResponse.DESCRIPTOR.fields}
+    assert reported == {"outcome_id": 1, "consistency_token": 2}
     heartbeat = {f.name: f.number for f in registry_pb2.HeartbeatRequest.DESCRIPTOR.fields}
     assert heartbeat == {"agent": 1, "lease_ttl": 2}
     beat = {f.name: f.number for f in registry_pb2.HeartbeatResponse.DESCRIPTOR.fields}

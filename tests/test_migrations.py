@@ -28,6 +28,7 @@ TABLES = {
     "budget_reservations",
     "api_keys",
     "audit_log",
+    "outcomes",
 }
 
 

@@ -198,6 +198,7 @@ class DiscoverQuery:
     principal: str = ""
     roles: frozenset[str] = frozenset()
     min_seq: int = 0  # answer only once the index reflects this consistency token
+    cost_preference: float = 0.0  # 0: quality only; 1: cost only
 
     @property
     def caller(self) -> Caller:
@@ -243,6 +244,7 @@ class DiscoverResult:
     explanation: Explanation
     vector_space: str
     watermark: int
+    discover_id: str = ""  # names the task for ReportOutcome on this server
 
 
 @dataclass(frozen=True, slots=True)

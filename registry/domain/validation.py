@@ -245,5 +245,6 @@ def validate_discover(query: DiscoverQuery) -> None:
             raise InvalidArgument(name, f"must be between 0 and {MAX_TOKENS}")
     validate_filters(query.filters)
     check_labels(query.task_labels, "task_labels")
+    check_number(query.cost_preference, "cost_preference", 0.0, 1.0)
     if query.min_seq < 0:
         raise InvalidArgument("min_seq", "must be a consistency token a write returned, or 0")

@@ -90,7 +90,8 @@ class UnknownModel(ValueError):
     """A name that is not in the catalog."""
 
     def __init__(self, name: str):
-        super().__init__(f"unknown embedding model {name!r}; known: {', '.join(CATALOG)}")
+        shown = name if len(name) <= 128 else name[:128] + "..."  # never echo a huge input back
+        super().__init__(f"unknown embedding model {shown!r}; known: {', '.join(CATALOG)}")
 
 
 def resolve_models_dir(models_dir: Path | None, data_dir: Path) -> Path:

@@ -26,11 +26,13 @@ from registry.domain.policy import TenantPolicies
 from registry.domain.ports import BudgetLimiter
 from registry.index.columns import constraint_mask
 from registry.index.policy_mask import policy_mask
+from registry.service.outcomes import DiscoverMemory, OutcomeIndex
 from registry.service.serving import ServingSpace, Spaces
 from registry.service.shadow import ShadowRecorder
 
 SIMILARITY_WEIGHT = 0.9
 QUALITY_WEIGHT = 0.1
+LEARNED_WEIGHT = 0.8  # the vote of the nearest past outcomes (registry/service/outcomes.py)
 RERANK_EXTRA = 10  # rows fetched beyond k so the quality term can reorder the top
 
 
@@ -46,8 +48,12 @@ class DiscoveryService:
         policies: Callable[[str], TenantPolicies] = no_policies,
         sync: Callable[[int], Awaitable[None]] | None = None,
         recent_texts: int = 1000,
+        outcomes: OutcomeIndex | None = None,
+        memory: DiscoverMemory | None = None,
     ):
         self.spaces = spaces
+        self.outcomes = outcomes
+        self.memory = memory or DiscoverMemory()
         self._budgets = budgets
         self._policies = policies
         self._sync = sync
@@ -82,6 +88,7 @@ class DiscoveryService:
             budget_left = await self._budgets.remaining_usd(query.caller, query.budget_id)
             timings["budget"] = _ms(t0)
         result = self.search(live, query, vector, budget_left, timings, started)
+        result = replace(result, discover_id=self.memory.remember(query.tenant, space.name, vector, query.text))
         if query.text is not None and not query.vector_space:
             self._recent.append((query.tenant, query.text))
             self.shadow.maybe_compare(query, result, budget_left)
@@ -115,10 +122,18 @@ class DiscoveryService:
         found = index.search(vector, query.top_k + RERANK_EXTRA, mask)
         timings["search"] = _ms(t0)
         t0 = time.perf_counter()
-        matches = [
-            self._match(index.entry(row), sim, query)
-            for row, sim in zip(found.rows.tolist(), found.similarities.tolist(), strict=True)
-        ]
+        candidates = dict(zip(found.rows.tolist(), found.similarities.tolist(), strict=True))
+        votes = self.outcomes.votes(live.space.id, query.tenant, vector) if self.outcomes is not None else {}
+        if votes:  # the capabilities past outcomes vote for (or against) are candidates too, if allowed
+            unit = vector / max(float(np.linalg.norm(vector)), 1e-30)
+            for cap_id in votes:
+                row = index.row_of.get(cap_id)
+                if row is not None and row not in candidates and mask[row]:
+                    candidates[row] = float(index.vectors[row] @ unit)
+            timings["outcomes"] = _ms(t0)
+        matches = [self._match(index.entry(row), sim, query, votes) for row, sim in candidates.items()]
+        if query.cost_preference > 0:
+            matches = _with_cost(matches, query.cost_preference)
         matches.sort(key=lambda m: (-m.score, -m.similarity, m.capability.id))
         timings["rank"] = _ms(t0)
         timings["total"] = _ms(started)
@@ -150,9 +165,17 @@ class DiscoveryService:
         return list(found)
 
     @staticmethod
-    def _match(entry: CatalogEntry, similarity: float, query: DiscoverQuery) -> Match:
+    def _match(entry: CatalogEntry, similarity: float, query: DiscoverQuery, votes: dict[str, float]) -> Match:
         cap = entry.capability
         score = SIMILARITY_WEIGHT * similarity + QUALITY_WEIGHT * cap.quality_prior
+        terms: tuple[ScoreTerm, ...] = (
+            ScoreTerm("similarity", similarity, SIMILARITY_WEIGHT),
+            ScoreTerm("quality_prior", cap.quality_prior, QUALITY_WEIGHT),
+        )
+        if votes:  # without outcomes (cold start) the ranking is exactly the descriptions' one
+            vote = votes.get(cap.id, 0.0)
+            score += LEARNED_WEIGHT * vote
+            terms += (ScoreTerm("learned_quality", vote, LEARNED_WEIGHT),)
         return Match(
             agent_id=entry.agent_id,
             agent_name=entry.agent_name,
@@ -164,11 +187,25 @@ class DiscoveryService:
             similarity=similarity,
             score=score,
             estimated_cost_usd=cap.cost.estimate(query.estimated_input_tokens, query.estimated_output_tokens),
-            score_terms=(
-                ScoreTerm("similarity", similarity, SIMILARITY_WEIGHT),
-                ScoreTerm("quality_prior", cap.quality_prior, QUALITY_WEIGHT),
-            ),
+            score_terms=terms,
         )
+
+
+def _with_cost(matches: list[Match], preference: float) -> list[Match]:
+    """Blend each match's quality score with its cheapness: (1-a)*quality + a*(1 - cost/max cost among them)."""
+    highest = max((m.estimated_cost_usd for m in matches), default=0.0)
+    blended = []
+    for m in matches:
+        cheap = 1.0 - m.estimated_cost_usd / highest if highest > 0 else 1.0
+        terms = tuple(replace(term, weight=term.weight * (1 - preference)) for term in m.score_terms)
+        blended.append(
+            replace(
+                m,
+                score=(1 - preference) * m.score + preference * cheap,
+                score_terms=(*terms, ScoreTerm("cost", cheap, preference)),
+            )
+        )
+    return blended
 
 
 def _with_tenant(query: DiscoverQuery) -> DiscoverQuery:

@@ -71,3 +71,20 @@ def last_seq(conn: Connection, entities: Sequence[str] = ()) -> int:
     if entities:
         stmt = stmt.where(t.change_log.c.entity.in_(list(entities)))
     return int(conn.execute(stmt).scalar_one())
+
+
+def read_entity_after(conn: Connection, entity: str, after: int, limit: int) -> Sequence[ChangeRow]:
+    """Committed changes of one entity with seq > after, oldest first."""
+    rows = conn.execute(
+        select(
+            t.change_log.c.seq,
+            t.change_log.c.tenant_id,
+            t.change_log.c.entity,
+            t.change_log.c.entity_id,
+            t.change_log.c.op,
+        )
+        .where(t.change_log.c.seq > after, t.change_log.c.entity == entity)
+        .order_by(t.change_log.c.seq)
+        .limit(limit)
+    )
+    return [ChangeRow(int(seq), tenant, entity, entity_id, op) for seq, tenant, entity, entity_id, op in rows]

@@ -223,3 +223,24 @@ audit_log = Table(
     Column("details", Json, nullable=False),
     Index("ix_audit_log_tenant_id_at", "tenant_id", "at"),
 )
+
+# How a capability did on a task (OutcomeService.ReportOutcome); Discover learns from them per tenant and space.
+outcomes = Table(
+    "outcomes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(63), nullable=False),
+    Column("capability_id", String(36), ForeignKey("capabilities.id", ondelete="CASCADE"), nullable=False),
+    Column("agent_id", String(36), nullable=False),
+    Column("space_id", Integer, ForeignKey("vector_spaces.id", ondelete="CASCADE"), nullable=False),
+    Column("task_vector", LargeBinary, nullable=False),  # float32, little-endian, the space's `dim` values
+    Column("task_text", Text, nullable=True),
+    Column("score", Float, nullable=False),  # 0..1 (success is 1, failure 0)
+    Column("latency_ms", Float, nullable=True),
+    Column("cost_usd", Float, nullable=True),
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Index("ix_outcomes_capability_id_created_at", "capability_id", "created_at"),
+    Index("ix_outcomes_space_id_tenant_id", "space_id", "tenant_id"),
+)

@@ -243,6 +243,7 @@ def discover_query_from_proto(msg: discovery_pb2.DiscoverRequest) -> DiscoverQue
         task_labels=dict(msg.task_labels),
         budget_id=msg.budget_id,
         min_seq=msg.min_seq,
+        cost_preference=msg.cost_preference,
     )
 
 
@@ -300,4 +301,5 @@ def discover_result_to_proto(
         ),
         vector_space=result.vector_space,
         watermark=result.watermark,
+        discover_id=result.discover_id,
     )

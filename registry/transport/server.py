@@ -12,6 +12,8 @@ from capreg.v1 import (
     discovery_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    outcome_pb2,
+    outcome_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     registry_pb2,
@@ -25,6 +27,7 @@ from registry.service.admin_service import AdminService
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.key_service import KeyService
+from registry.service.outcomes import OutcomeService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
 from registry.transport.admin_servicer import AdminServicer
@@ -33,6 +36,7 @@ from registry.transport.budget_servicer import BudgetServicer
 from registry.transport.errors import ErrorInterceptor
 from registry.transport.key_servicer import AuditServicer, KeyServicer
 from registry.transport.limits import RateLimiter
+from registry.transport.outcome_servicer import OutcomeServicer
 from registry.transport.policy_servicer import PolicyServicer
 from registry.transport.servicers import DiscoveryServicer, RegistryServicer
 
@@ -44,6 +48,7 @@ SERVICE_NAMES = (
     keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    outcome_pb2.DESCRIPTOR.services_by_name["OutcomeService"].full_name,
 )
 
 
@@ -56,6 +61,7 @@ class GrpcServer:
         budgets: BudgetService,
         keys: KeyService,
         admin: AdminService,
+        outcomes: OutcomeService,
         authenticate: bool = True,
         limits: ServerLimits | None = None,
     ):
@@ -81,6 +87,7 @@ class GrpcServer:
         keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys), self.server)
         keys_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(keys), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin), self.server)
+        outcome_pb2_grpc.add_OutcomeServiceServicer_to_server(OutcomeServicer(outcomes), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

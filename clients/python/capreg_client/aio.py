@@ -16,6 +16,8 @@ from capreg.v1 import (
     discovery_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    outcome_pb2,
+    outcome_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     registry_pb2,
@@ -61,6 +63,7 @@ class AsyncCapregClient:
         self._audit = keys_pb2_grpc.AuditServiceStub(self._channel)
         self._budgets = budget_pb2_grpc.BudgetServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._outcomes = outcome_pb2_grpc.OutcomeServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncCapregClient:
         return self
@@ -164,6 +167,7 @@ class AsyncCapregClient:
         principal: str = "",
         roles: Sequence[str] = (),
         min_seq: int = 0,
+        cost_preference: float | None = None,
         timeout: float | None = None,
     ) -> discovery_pb2.DiscoverResponse:
         """`principal` and `roles` say who is asking, for policies (sent as metadata). `min_seq`: a write's
@@ -180,10 +184,46 @@ class AsyncCapregClient:
             task_labels=task_labels,
             budget_id=budget_id,
             min_seq=min_seq,
+            cost_preference=cost_preference,
         )
         return await self._call(
             self._discovery.Discover, request, timeout, metadata=requests.caller_metadata(principal, roles)
         )
+
+    async def report_outcome(
+        self,
+        capability_id: str,
+        *,
+        success: bool | None = None,
+        score: float | None = None,
+        discover_id: str = "",
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        space: str = "",
+        tenant: str = "",
+        latency_ms: float | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: float | None = None,
+        timeout: float | None = None,
+    ) -> outcome_pb2.ReportOutcomeResponse:
+        """How `capability_id` did on a task (a Discover's discover_id, its text, or its vector): success, or
+        a score in [0, 1]. Later Discovers of this tenant in the same space learn from it."""
+        request = requests.report_outcome(
+            capability_id,
+            success=success,
+            score=score,
+            discover_id=discover_id,
+            text=text,
+            vector=vector,
+            space=space,
+            tenant=tenant,
+            latency_ms=latency_ms,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+        )
+        return await self._call(self._outcomes.ReportOutcome, request, timeout)
 
     async def discover_request(
         self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from capreg.v1 import agent_pb2, discovery_pb2, policy_pb2, registry_pb2
+from capreg.v1 import agent_pb2, discovery_pb2, outcome_pb2, policy_pb2, registry_pb2
 
 KIND_NAMES = {
     "model": agent_pb2.AGENT_KIND_MODEL,
@@ -73,6 +73,7 @@ def discover(
     task_labels: Mapping[str, str] | None = None,
     budget_id: str = "",
     min_seq: int = 0,
+    cost_preference: float | None = None,
 ) -> discovery_pb2.DiscoverRequest:
     if (text is None) == (vector is None):
         raise ValueError("give exactly one of text or vector")
@@ -94,6 +95,47 @@ def discover(
         request.estimated_input_tokens = estimated_input_tokens
     if estimated_output_tokens is not None:
         request.estimated_output_tokens = estimated_output_tokens
+    if cost_preference is not None:
+        request.cost_preference = cost_preference
+    return request
+
+
+def report_outcome(
+    capability_id: str,
+    *,
+    success: bool | None = None,
+    score: float | None = None,
+    discover_id: str = "",
+    text: str | None = None,
+    vector: Sequence[float] | None = None,
+    space: str = "",
+    tenant: str = "",
+    latency_ms: float | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    cost_usd: float | None = None,
+) -> outcome_pb2.ReportOutcomeRequest:
+    if sum((bool(discover_id), text is not None, vector is not None)) != 1:
+        raise ValueError("give exactly one of discover_id, text or vector")
+    request = outcome_pb2.ReportOutcomeRequest(tenant=tenant, capability_id=capability_id)
+    if discover_id:
+        request.discover_id = discover_id
+    elif text is not None:
+        request.text = text
+        request.vector_space = space
+    else:
+        request.vector.values.extend(vector or ())
+        request.vector.space = space
+    for name, value in (
+        ("success", success),
+        ("score", score),
+        ("latency_ms", latency_ms),
+        ("input_tokens", input_tokens),
+        ("output_tokens", output_tokens),
+        ("cost_usd", cost_usd),
+    ):
+        if value is not None:
+            setattr(request, name, value)
     return request
 
 

@@ -158,6 +158,7 @@ class DiscoverRequest(_message.Message):
     TASK_LABELS_FIELD_NUMBER: _builtins.int
     BUDGET_ID_FIELD_NUMBER: _builtins.int
     MIN_SEQ_FIELD_NUMBER: _builtins.int
+    COST_PREFERENCE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """"default" when empty"""
     text: _builtins.str
@@ -176,6 +177,10 @@ class DiscoverRequest(_message.Message):
     """Read-your-writes: answer only once this server reflects every change up
     to this consistency token (as returned by a write, on any replica),
     waiting within the call's deadline. 0: answer from what is here now.
+    """
+    cost_preference: _builtins.float
+    """0 (the default): rank by quality only; 1: by cost only; between: the blend
+    (1-a)*quality + a*(1 - cost / the highest cost among the candidates).
     """
     @_builtins.property
     def vector(self) -> _agent_pb2.Vector:
@@ -201,17 +206,22 @@ class DiscoverRequest(_message.Message):
         task_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         budget_id: _builtins.str = ...,
         min_seq: _builtins.int = ...,
+        cost_preference: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference", "_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "cost_preference", b"cost_preference", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "budget_id", b"budget_id", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "min_seq", b"min_seq", "query", b"query", "task_labels", b"task_labels", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference", "_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "budget_id", b"budget_id", "cost_preference", b"cost_preference", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "min_seq", b"min_seq", "query", b"query", "task_labels", b"task_labels", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_preference: _TypeAlias = _typing.Literal["cost_preference"]  # noqa: Y015
+    _WhichOneofArgType__cost_preference: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference"]  # noqa: Y015
     _WhichOneofReturnType__estimated_input_tokens: _TypeAlias = _typing.Literal["estimated_input_tokens"]  # noqa: Y015
     _WhichOneofArgType__estimated_input_tokens: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens"]  # noqa: Y015
     _WhichOneofReturnType__estimated_output_tokens: _TypeAlias = _typing.Literal["estimated_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__estimated_output_tokens: _TypeAlias = _typing.Literal["_estimated_output_tokens", b"_estimated_output_tokens"]  # noqa: Y015
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["text", "vector"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_preference) -> _WhichOneofReturnType__cost_preference | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_input_tokens) -> _WhichOneofReturnType__estimated_input_tokens | None: ...
     @_typing.overload
@@ -420,10 +430,13 @@ class DiscoverResponse(_message.Message):
     EXPLANATION_FIELD_NUMBER: _builtins.int
     VECTOR_SPACE_FIELD_NUMBER: _builtins.int
     WATERMARK_FIELD_NUMBER: _builtins.int
+    DISCOVER_ID_FIELD_NUMBER: _builtins.int
     vector_space: _builtins.str
     """the space that answered"""
     watermark: _builtins.int
     """the change sequence the answer reflects"""
+    discover_id: _builtins.str
+    """Names this task for ReportOutcome on the same server, for a few minutes."""
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Match]: ...
     @_builtins.property
@@ -435,10 +448,11 @@ class DiscoverResponse(_message.Message):
         explanation: Global___Explanation | None = ...,
         vector_space: _builtins.str = ...,
         watermark: _builtins.int = ...,
+        discover_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "matches", b"matches", "vector_space", b"vector_space", "watermark", b"watermark"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discover_id", b"discover_id", "explanation", b"explanation", "matches", b"matches", "vector_space", b"vector_space", "watermark", b"watermark"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,290 @@
+"""Outcome-aware routing: outcomes reported through ReportOutcome teach Discover which capability does well
+on which kind of task, per tenant and per vector space.
+
+- `OutcomeIndex`: in memory, per (space, tenant), the unit task vectors of past outcomes, their capability
+  and score. `votes` takes the k outcomes nearest to a task (cosine), weighs each by max(sim, 0)^4 and
+  gives each capability among them vote = sum(w * (2*score - 1)) / sum(w), in [-1, 1]. Loaded at start-up
+  from the database and fed by the change-log follower (entity "outcome"), so every replica learns every
+  outcome, the same way it learns every agent.
+- `DiscoverMemory`: which task a recent Discover answered (its discover_id), so an outcome can name it.
+- `OutcomeService.report`: validate, find the task's vector, store, wait for this process's index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from registry.domain import validation as v
+from registry.domain.errors import FailedPrecondition, InvalidArgument
+from registry.service.calls import call_deadline
+from registry.service.serving import ServingSpace, Spaces
+from registry.store import changelog
+from registry.store.outcomes import DEFAULT_MAX_PER_CAPABILITY, NewOutcome, OutcomeRow, OutcomeStore
+
+log = logging.getLogger(__name__)
+
+NEIGHBOURS = 10  # past outcomes that vote on a Discover
+WEIGHT_POWER = 4  # w = max(similarity, 0) ** WEIGHT_POWER: the nearest tasks count most
+SETTLE_S = 5.0
+SETTLE_MARGIN_S = 0.05
+MAX_COST_USD = 1_000_000.0
+MAX_LATENCY_MS = v.MAX_LATENCY_MS
+
+
+class TenantOutcomes:
+    """One tenant's outcomes in one space. At most `max_per_capability` per capability, the newest."""
+
+    def __init__(self, dim: int, max_per_capability: int):
+        self._dim = dim
+        self._max = max_per_capability
+        self._items: dict[str, tuple[str, float, npt.NDArray[np.float32]]] = {}  # id -> (capability, score, unit)
+        self._by_capability: dict[str, deque[str]] = {}
+        self._matrix: npt.NDArray[np.float32] | None = None
+        self._caps: list[str] = []
+        self._scores: npt.NDArray[np.float64] = np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, outcome_id: str, capability_id: str, score: float, vector: npt.NDArray[np.float32]) -> None:
+        if outcome_id in self._items or vector.shape != (self._dim,):
+            return
+        norm = float(np.linalg.norm(vector))
+        if not norm > 0 or not math.isfinite(norm):
+            return
+        self._items[outcome_id] = (capability_id, score, (vector / norm).astype(np.float32))
+        kept = self._by_capability.setdefault(capability_id, deque())
+        kept.append(outcome_id)
+        while len(kept) > self._max:
+            self._items.pop(kept.popleft(), None)
+        self._matrix = None
+
+    def votes(self, query: npt.NDArray[np.float32], k: int) -> dict[str, float]:
+        if not self._items:
+            return {}
+        if self._matrix is None:
+            values = list(self._items.values())
+            self._caps = [cap for cap, _, _ in values]
+            self._scores = np.array([score for _, score, _ in values], dtype=np.float64)
+            self._matrix = np.stack([vec for _, _, vec in values])
+        sims = self._matrix @ query
+        nearest = np.argpartition(-sims, k)[:k] if len(sims) > k else np.arange(len(sims))
+        weights = np.maximum(sims[nearest].astype(np.float64), 0.0) ** WEIGHT_POWER
+        total = float(weights.sum())
+        found: dict[str, float] = {}
+        for row, weight in zip(nearest.tolist(), weights.tolist(), strict=True):
+            cap = self._caps[row]
+            found[cap] = found.get(cap, 0.0) + weight * (2.0 * float(self._scores[row]) - 1.0)
+        if total <= 0.0:
+            return dict.fromkeys(found, 0.0)
+        return {cap: vote / total for cap, vote in found.items()}
+
+
+class OutcomeIndex:
+    """Every live space's outcomes, per tenant; only the event-loop thread changes it."""
+
+    def __init__(self, store: OutcomeStore, max_per_capability: int = DEFAULT_MAX_PER_CAPABILITY):
+        self._store = store
+        self._max = max_per_capability
+        self._spaces: dict[int, dict[str, TenantOutcomes]] = {}
+        self.position = 0  # every outcome logged up to this change-log seq is here
+
+    def add(self, row: OutcomeRow) -> None:
+        tenants = self._spaces.setdefault(row.space_id, {})
+        outcomes = tenants.get(row.tenant)
+        if outcomes is None:
+            outcomes = tenants[row.tenant] = TenantOutcomes(row.task_vector.shape[0], self._max)
+        outcomes.add(row.id, row.capability_id, row.score, row.task_vector)
+
+    def count(self, space_id: int, tenant: str) -> int:
+        found = self._spaces.get(space_id, {}).get(tenant)
+        return len(found) if found is not None else 0
+
+    def votes(
+        self, space_id: int, tenant: str, query: npt.NDArray[np.float32], k: int = NEIGHBOURS
+    ) -> dict[str, float]:
+        """capability id -> vote in [-1, 1], for the capabilities of the k past outcomes nearest to `query`
+        (this tenant's, in this space); empty with no outcomes (cold start)."""
+        found = self._spaces.get(space_id, {}).get(tenant)
+        if found is None:
+            return {}
+        norm = float(np.linalg.norm(query))
+        if not norm > 0 or not math.isfinite(norm):
+            return {}
+        return found.votes((query / norm).astype(np.float32), k)
+
+    async def load(self, space_ids: list[int]) -> None:
+        """At start-up, before the follower starts: the position first, then the rows (a row logged
+        between the two is read again by the follower and added once)."""
+        self.position = await asyncio.to_thread(self._last_seq)
+        for space_id in space_ids:
+            for row in await asyncio.to_thread(self._store.of_space, space_id):
+                self.add(row)
+
+    async def refresh(self) -> None:
+        """The follower saw new outcomes: read those logged after our position, and add them."""
+        while True:
+            changes = await asyncio.to_thread(self._read, self.position)
+            if not changes:
+                return
+            ids = [c.entity_id for c in changes if c.entity == "outcome"]
+            for row in await asyncio.to_thread(self._store.by_ids, ids):
+                self.add(row)
+            self.position = changes[-1].seq
+
+    def _last_seq(self) -> int:
+        with self._store.engine.connect() as conn:
+            return changelog.last_seq(conn, ["outcome"])
+
+    def _read(self, after: int) -> list[changelog.ChangeRow]:
+        with self._store.engine.connect() as conn:
+            return list(changelog.read_entity_after(conn, "outcome", after, 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class RememberedTask:
+    tenant: str
+    space: str
+    vector: npt.NDArray[np.float32]
+    text: str | None
+    at: float
+
+
+class DiscoverMemory:
+    """discover_id -> the task a Discover answered, for `ttl_s` seconds, the newest `size` of them."""
+
+    def __init__(self, size: int = 10_000, ttl_s: float = 300.0):
+        self._size = size
+        self._ttl_s = ttl_s
+        self._tasks: OrderedDict[str, RememberedTask] = OrderedDict()
+
+    def remember(self, tenant: str, space: str, vector: npt.NDArray[np.float32], text: str | None) -> str:
+        discover_id = uuid.uuid4().hex
+        self._tasks[discover_id] = RememberedTask(tenant, space, vector, text, time.monotonic())
+        while len(self._tasks) > self._size:
+            self._tasks.popitem(last=False)
+        return discover_id
+
+    def recall(self, discover_id: str, tenant: str) -> RememberedTask | None:
+        """The task, if this server answered it for this tenant within the last `ttl_s` seconds."""
+        task = self._tasks.get(discover_id)
+        if task is None or task.tenant != tenant or time.monotonic() - task.at > self._ttl_s:
+            return None
+        return task
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    tenant: str
+    capability_id: str
+    discover_id: str | None = None
+    text: str | None = None
+    vector: npt.NDArray[np.float32] | None = None
+    vector_space: str = ""
+    success: bool | None = None
+    score: float | None = None
+    latency_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+
+
+class OutcomeService:
+    def __init__(
+        self,
+        store: OutcomeStore,
+        spaces: Spaces,
+        memory: DiscoverMemory,
+        settle: Callable[[int], Awaitable[None]],
+    ):
+        self._store = store
+        self._spaces = spaces
+        self._memory = memory
+        self._settle_fn = settle
+
+    async def report(self, report: OutcomeReport) -> tuple[str, int]:
+        """Store one outcome; returns (outcome id, consistency token) once this process's index has it."""
+        tenant = v.tenant_or_default(report.tenant, "tenant")
+        score = _validate(report)
+        live, vector, text = await self._task(report, tenant)
+        outcome = NewOutcome(
+            tenant=tenant,
+            capability_id=report.capability_id,
+            space_id=live.space.id,
+            task_vector=vector,
+            score=score,
+            task_text=text,
+            latency_ms=report.latency_ms,
+            cost_usd=report.cost_usd,
+            input_tokens=report.input_tokens,
+            output_tokens=report.output_tokens,
+        )
+        outcome_id, seq = await asyncio.to_thread(self._store.record, outcome)
+        await self._settle(seq)
+        return outcome_id, seq
+
+    async def _task(
+        self, report: OutcomeReport, tenant: str
+    ) -> tuple[ServingSpace, npt.NDArray[np.float32], str | None]:
+        if report.vector_space:
+            v.check_name(report.vector_space, "vector_space")
+        if report.discover_id is not None:
+            task = self._memory.recall(report.discover_id, tenant) if report.discover_id else None
+            if task is None or task.space not in self._spaces:
+                raise FailedPrecondition(
+                    "this server does not know that discover_id (it is unknown, another tenant's, from another "
+                    "server, or more than a few minutes old): send the task's text instead",
+                    field="discover_id",
+                )
+            return self._spaces.get(task.space), task.vector, task.text
+        live = self._spaces.get(report.vector_space) if report.vector_space else self._spaces.serving
+        if report.vector is not None:
+            vector = np.asarray(report.vector, dtype=np.float32)
+            v.validate_vector(vector, live.space.dim, "vector.values")
+            return live, vector, None
+        if report.text is None:
+            raise InvalidArgument("task", "give the task: discover_id, text or vector")
+        v.check_text(report.text, "text", v.MAX_QUERY_TEXT, required=True)
+        vector = (await asyncio.to_thread(live.embedder.embed, [report.text]))[0]
+        return live, vector, report.text
+
+    async def _settle(self, token: int) -> None:
+        wait_s = min(SETTLE_S, call_deadline.get() - time.monotonic() - SETTLE_MARGIN_S)
+        try:
+            await asyncio.wait_for(self._settle_fn(token), max(wait_s, 0.0))
+        except Exception as exc:  # committed: answering success is right, the follower catches up later
+            log.warning("outcome change %d is committed but not yet in this index: %s", token, exc)
+
+
+def _validate(report: OutcomeReport) -> float:
+    """Everything but the task; returns the score."""
+    if not report.capability_id:
+        raise InvalidArgument("capability_id", "must name the capability the task was given to")
+    if len(report.capability_id) > 64:
+        raise InvalidArgument("capability_id", "is not a capability id")
+    if report.success is not None and report.score is not None:
+        raise InvalidArgument("score", "give success or score, not both")
+    if report.success is None and report.score is None:
+        raise InvalidArgument("score", "give success (true or false) or a score between 0 and 1")
+    if report.score is not None:
+        v.check_number(report.score, "score", 0.0, 1.0)
+    if report.latency_ms is not None:
+        v.check_number(report.latency_ms, "latency_ms", 0.0, MAX_LATENCY_MS)
+    if report.cost_usd is not None:
+        v.check_number(report.cost_usd, "cost_usd", 0.0, MAX_COST_USD)
+    for name, tokens in (("input_tokens", report.input_tokens), ("output_tokens", report.output_tokens)):
+        if tokens is not None and not 0 <= tokens <= v.MAX_TOKENS:
+            raise InvalidArgument(name, f"must be between 0 and {v.MAX_TOKENS}")
+    if report.score is not None:
+        return report.score
+    return 1.0 if report.success else 0.0
