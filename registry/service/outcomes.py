@@ -148,7 +148,7 @@ class OutcomeIndex:
 
     def _read(self, after: int) -> list[changelog.ChangeRow]:
         with self._store.engine.connect() as conn:
-            return list(changelog.read_entity_after(conn, "outcome", after, 1000))
+            return list(changelog.read_after(conn, after, 1000, entity="outcome"))
 
 
 @dataclass(frozen=True, slots=True)

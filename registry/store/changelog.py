@@ -48,21 +48,14 @@ def append(conn: Connection, tenant: str, entity: str, entity_id: str, op: str, 
     return int(key[0])
 
 
-def read_after(conn: Connection, after: int, limit: int) -> Sequence[ChangeRow]:
-    """Committed changes with seq > after, oldest first."""
-    rows = conn.execute(
-        select(
-            t.change_log.c.seq,
-            t.change_log.c.tenant_id,
-            t.change_log.c.entity,
-            t.change_log.c.entity_id,
-            t.change_log.c.op,
-        )
-        .where(t.change_log.c.seq > after)
-        .order_by(t.change_log.c.seq)
-        .limit(limit)
-    )
-    return [ChangeRow(int(seq), tenant, entity, entity_id, op) for seq, tenant, entity, entity_id, op in rows]
+def read_after(conn: Connection, after: int, limit: int, entity: str = "") -> Sequence[ChangeRow]:
+    """Committed changes with seq > after (of one entity, when given), oldest first."""
+    log = t.change_log.c
+    stmt = select(log.seq, log.tenant_id, log.entity, log.entity_id, log.op).where(log.seq > after)
+    if entity:
+        stmt = stmt.where(log.entity == entity)
+    rows = conn.execute(stmt.order_by(log.seq).limit(limit))
+    return [ChangeRow(int(seq), tenant, kind, entity_id, op) for seq, tenant, kind, entity_id, op in rows]
 
 
 def last_seq(conn: Connection, entities: Sequence[str] = ()) -> int:
@@ -71,20 +64,3 @@ def last_seq(conn: Connection, entities: Sequence[str] = ()) -> int:
     if entities:
         stmt = stmt.where(t.change_log.c.entity.in_(list(entities)))
     return int(conn.execute(stmt).scalar_one())
-
-
-def read_entity_after(conn: Connection, entity: str, after: int, limit: int) -> Sequence[ChangeRow]:
-    """Committed changes of one entity with seq > after, oldest first."""
-    rows = conn.execute(
-        select(
-            t.change_log.c.seq,
-            t.change_log.c.tenant_id,
-            t.change_log.c.entity,
-            t.change_log.c.entity_id,
-            t.change_log.c.op,
-        )
-        .where(t.change_log.c.seq > after, t.change_log.c.entity == entity)
-        .order_by(t.change_log.c.seq)
-        .limit(limit)
-    )
-    return [ChangeRow(int(seq), tenant, entity, entity_id, op) for seq, tenant, entity, entity_id, op in rows]
