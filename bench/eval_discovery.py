@@ -32,6 +32,7 @@ from bench.compare_spaces import DATA, agent_name, tool_agent
 
 SEED = 7
 TRAIN_SHARE = 0.7
+LATER_SECTIONS = "\n## Routing"  # where the sections of other benchmarks begin
 
 
 def accuracy(client: CapregClient, queries: list[tuple[str, str]]) -> tuple[float, float]:
@@ -91,7 +92,11 @@ def main() -> None:
     if args.smoke:
         assert after[0] >= before[0], "outcomes made Discover worse"
         return
-    args.out.write_text(render(len(tools), len(train), len(held_out), reported, before, after))
+    # Keep the sections other benchmarks write after this one (bench/eval_routing.py's).
+    existing = args.out.read_text() if args.out.exists() else ""
+    later = existing[existing.index(LATER_SECTIONS) :] if LATER_SECTIONS in existing else ""
+    body = render(len(tools), len(train), len(held_out), reported, before, after)
+    args.out.write_text(body + ("\n" + later if later else ""))
     print(f"wrote {args.out}")
 
 
