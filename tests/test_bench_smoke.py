@@ -36,3 +36,23 @@ def test_filtered_benchmark_smoke() -> None:
         assert step["recall_at_10"] >= 0.99, step
         assert step["server_allowed_rows"] == [step["allowed_rows"]], step
         assert sum(step["plans"].values()) == step["latency"]["n"]
+
+
+def test_reliability_benchmark_smoke() -> None:
+    """Convergence, kill -9 cycles and database restarts, small; it must find nothing wrong either."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reliability.py"), "--smoke"],
+        capture_output=True, text=True, check=False, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    assert summary["config"]["docs"] is None  # smoke mode never rewrites docs/reliability.md
+    convergence, kill9, db = summary["convergence"], summary["kill9"], summary["db_restarts"]
+    assert convergence["token_violations"] == 0
+    assert convergence["discover_with_token"]["n"] == convergence["token_reads"] == 20
+    assert kill9["cycles"] == 2 and not kill9["failed_cycles"]
+    assert kill9["writes_found"] == kill9["writes_acknowledged"] > 0
+    assert kill9["index_source"] == {"database": 1, "snapshot": 1}
+    assert [r["mode"] for r in db["restarts"]] == ["fast", "immediate"]
+    assert db["writes_found"] == db["writes_acknowledged"] > 0
+    assert set(db["refused_codes"]) == {"UNAVAILABLE"} and db["refused_without_retry_hint"] == 0
