@@ -434,13 +434,14 @@ def invoke(w: World, method: str, request: Message, identity: str) -> tuple[grpc
                 response_deserializer=response_class.FromString,
             )
             return OK, next(iter(streamed(iter([request]), metadata=metadata, timeout=30))), ""
-        if RPCS[method].server_streaming:  # the first answer
+        if RPCS[method].server_streaming:  # to its end (a backfill left running would write during later calls)
             answers: grpc.UnaryStreamMultiCallable[Message, Message] = w.channel.unary_stream(
                 method,
                 request_serializer=lambda m: m.SerializeToString(),
                 response_deserializer=response_class.FromString,
             )
-            return OK, next(iter(answers(request, metadata=metadata, timeout=30))), ""
+            every = list(answers(request, metadata=metadata, timeout=30))
+            return OK, every[0], ""
         return OK, stub(request, metadata=metadata, timeout=30), ""
     except grpc.RpcError as error:
         return error.code(), None, error.details() or ""

@@ -268,7 +268,14 @@ def test_a_promotion_reaches_another_server_through_the_change_log(
             on_a.register_agent(make_agent(name, make_capability(name, description=description)))
         on_a.create_space("static", STATIC, "{name}: {description}")
         list(on_a.backfill_space("static"))
-        assert on_b.get_space("static").live_here  # b built its own index of the new space
+        deadline = time.monotonic() + 30
+        while not on_b.get_space("static").live_here:  # b builds its own index when NOTIFY reaches it
+            assert time.monotonic() < deadline, "b never loaded the new space"
+            time.sleep(0.01)
+        deadline = time.monotonic() + 30
+        while on_b.get_space("static").indexed_here < len(SKILLS):  # and follows the backfill's vectors
+            assert time.monotonic() < deadline, "b never indexed the backfilled vectors"
+            time.sleep(0.01)
         promoted_at = time.monotonic()
         on_a.promote_space("static")
         deadline = promoted_at + 10
