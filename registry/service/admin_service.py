@@ -18,6 +18,7 @@ from registry.embedding.base import Embedder
 from registry.embedding.models import UnknownModel
 from registry.embedding.sentence import WeightsMismatch
 from registry.embedding.template import check_template, render, text_hash
+from registry.service.calls import settle as settle_within_call
 from registry.service.compare import Comparison
 from registry.service.discovery_service import DiscoveryService
 from registry.service.follower import ChangeFollower
@@ -101,7 +102,10 @@ class AdminService:
         self._startups = startups
         self._discovery = discovery
         self._load_model = load_model
-        self._settle = settle
+        self._sync = settle
+
+    async def _settle(self, token: int) -> None:
+        await settle_within_call(self._sync, token)
 
     # -- index status --------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from registry.domain import validation as v
 from registry.domain.errors import FailedPrecondition, InvalidArgument
-from registry.service.calls import call_deadline
+from registry.service.calls import settle
 from registry.service.serving import ServingSpace, Spaces
 from registry.store import changelog
 from registry.store.outcomes import DEFAULT_MAX_PER_CAPABILITY, NewOutcome, OutcomeRow, OutcomeStore
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 NEIGHBOURS = 10  # past outcomes that vote on a Discover
 WEIGHT_POWER = 4  # w = max(similarity, 0) ** WEIGHT_POWER: the nearest tasks count most
-SETTLE_S = 5.0
-SETTLE_MARGIN_S = 0.05
 MAX_COST_USD = 1_000_000.0
 MAX_LATENCY_MS = v.MAX_LATENCY_MS
 
@@ -259,11 +257,7 @@ class OutcomeService:
         return live, vector, report.text
 
     async def _settle(self, token: int) -> None:
-        wait_s = min(SETTLE_S, call_deadline.get() - time.monotonic() - SETTLE_MARGIN_S)
-        try:
-            await asyncio.wait_for(self._settle_fn(token), max(wait_s, 0.0))
-        except Exception as exc:  # committed: answering success is right, the follower catches up later
-            log.warning("outcome change %d is committed but not yet in this index: %s", token, exc)
+        await settle(self._settle_fn, token)
 
 
 def _validate(report: OutcomeReport) -> float:

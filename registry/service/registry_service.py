@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,13 +17,11 @@ from registry.domain import validation as v
 from registry.domain.errors import InvalidArgument, NotFound
 from registry.domain.models import Agent, AgentRef, AgentStatus, ListAgentsQuery, WriteResult
 from registry.embedding.template import render, text_hash
-from registry.service.calls import call_deadline
+from registry.service.calls import settle
 from registry.service.serving import ServingSpace, Spaces
 from registry.store.repository import RegistryStore, SpaceVectors, vector_to_bytes
 
 log = logging.getLogger(__name__)
-SETTLE_S = 5.0  # how long a write waits for the index before it answers anyway (it is committed)
-SETTLE_MARGIN_S = 0.05  # answered this long before the call's deadline, rather than DEADLINE_EXCEEDED
 MIN_LEASE_S = 1.0
 MAX_LEASE_S = 86_400.0
 
@@ -36,12 +33,7 @@ class RegistryService:
         self._settle_fn = settle
 
     async def _settle(self, token: int) -> None:
-        """Wait until this process's index reflects change `token`; the write stands either way."""
-        wait_s = min(SETTLE_S, call_deadline.get() - time.monotonic() - SETTLE_MARGIN_S)
-        try:
-            await asyncio.wait_for(self._settle_fn(token), max(wait_s, 0.0))
-        except Exception as exc:  # committed: answering success is right, the follower catches up later
-            log.warning("change %d is committed but not yet in this index: %s", token, exc)
+        await settle(self._settle_fn, token)
 
     async def register(self, agent: Agent, expected_generation: int = 0) -> WriteResult:
         """Validate, embed (into every live space) only texts never embedded before, commit, then wait
