@@ -30,7 +30,8 @@ from sqlalchemy import text
 from registry.domain.errors import ErrorCode
 from registry.embedding.sentence import SentenceTransformerEmbedder
 from registry.store.engine import PG_CONNECT_TIMEOUT_S, make_engine
-from registry.transport.errors import database_unavailable, status_for
+from registry.store.outages import database_unavailable
+from registry.transport.errors import status_for
 from tests import support
 from tests.pg_instance import PgInstance, StopMode
 from tests.support import ServerThread, make_agent, make_capability

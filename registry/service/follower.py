@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from registry.domain.errors import InvalidArgument
 from registry.service.serving import Spaces
-from registry.store import changelog
 from registry.store.changelog import ChangeRow
 from registry.store.repository import RegistryStore
 
@@ -120,8 +119,7 @@ class ChangeFollower:
                 backoff = self._poll_s
 
     def _read(self, after: int) -> Sequence[ChangeRow]:
-        with self._store.engine.connect() as conn:
-            return changelog.read_after(conn, after, self._batch)
+        return self._store.changes_after(after, self._batch)
 
     async def _apply(self, rows: Sequence[ChangeRow]) -> None:
         started = time.perf_counter()

@@ -28,7 +28,6 @@ from registry.domain import validation as v
 from registry.domain.errors import FailedPrecondition, InvalidArgument
 from registry.service.calls import settle
 from registry.service.serving import ServingSpace, Spaces
-from registry.store import changelog
 from registry.store.outcomes import DEFAULT_MAX_PER_CAPABILITY, NewOutcome, OutcomeRow, OutcomeStore
 
 log = logging.getLogger(__name__)
@@ -124,7 +123,7 @@ class OutcomeIndex:
     async def load(self, space_ids: list[int]) -> None:
         """At start-up, before the follower starts: the position first, then the rows (a row logged
         between the two is read again by the follower and added once)."""
-        self.position = await asyncio.to_thread(self._last_seq)
+        self.position = await asyncio.to_thread(self._store.last_seq)
         for space_id in space_ids:
             for row in await asyncio.to_thread(self._store.of_space, space_id):
                 self.add(row)
@@ -132,21 +131,13 @@ class OutcomeIndex:
     async def refresh(self) -> None:
         """The follower saw new outcomes: read those logged after our position, and add them."""
         while True:
-            changes = await asyncio.to_thread(self._read, self.position)
+            changes = await asyncio.to_thread(self._store.changes_after, self.position)
             if not changes:
                 return
             ids = [c.entity_id for c in changes if c.entity == "outcome"]
             for row in await asyncio.to_thread(self._store.by_ids, ids):
                 self.add(row)
             self.position = changes[-1].seq
-
-    def _last_seq(self) -> int:
-        with self._store.engine.connect() as conn:
-            return changelog.last_seq(conn, ["outcome"])
-
-    def _read(self, after: int) -> list[changelog.ChangeRow]:
-        with self._store.engine.connect() as conn:
-            return list(changelog.read_after(conn, after, 1000, entity="outcome"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,16 @@ class OutcomeStore:
         self.engine = engine
         self.max_per_capability = max_per_capability
 
+    def last_seq(self) -> int:
+        """The newest committed outcome change."""
+        with self.engine.connect() as conn:
+            return changelog.last_seq(conn, ["outcome"])
+
+    def changes_after(self, after: int, limit: int = 1000) -> list[changelog.ChangeRow]:
+        """Outcome changes committed after `after`, oldest first."""
+        with self.engine.connect() as conn:
+            return list(changelog.read_after(conn, after, limit, entity="outcome"))
+
     def record(self, outcome: NewOutcome) -> tuple[str, int]:
         """Store one outcome of a capability visible to its tenant; returns (outcome id, consistency token).
         NOT_FOUND, without writing, when the capability is gone or the tenant cannot see it."""

@@ -142,9 +142,15 @@ class RegistryStore:
                 (cap_id, h, status, utc(updated)) for cap_id, h, status, updated in conn.execute(query)
             )
 
-    def watermark(self) -> int:
+    def watermark(self, entities: Sequence[str] = ()) -> int:
+        """The newest committed change (of these entities, when given)."""
         with self._connect() as conn:
-            return changelog.last_seq(conn)
+            return changelog.last_seq(conn, entities)
+
+    def changes_after(self, after: int, limit: int, entity: str = "") -> list[changelog.ChangeRow]:
+        """Committed changes after `after` (of one entity, when given), oldest first: what followers read."""
+        with self._connect() as conn:
+            return list(changelog.read_after(conn, after, limit, entity))
 
     # -- agents: writes ------------------------------------------------------------------------------
 

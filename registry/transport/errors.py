@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import psycopg
-import sqlalchemy.exc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from registry.domain.errors import DomainError, ErrorCode, InvalidArgument, Unavailable
+from registry.domain.errors import DomainError, ErrorCode, InvalidArgument
 from registry.service.calls import call_deadline
+from registry.store.outages import database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -54,63 +53,6 @@ def status_for(error: DomainError) -> status_pb2.Status:
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=CODE_MAP[error.code], message=error.message, details=details)
-
-
-DATABASE_RETRY_AFTER_S = 1.0
-# PostgreSQL SQLSTATEs that mean "the server is going away or not there yet", not "your query failed":
-# admin_shutdown (also pg_terminate_backend), crash_shutdown, cannot_connect_now (starting up, shutting
-# down, recovering) and too_many_connections. Class 08 (connection exceptions) counts too.
-_PG_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
-_UNAVAILABLE_PHRASES = (
-    "the database system is starting up",
-    "the database system is shutting down",
-    "the database system is in recovery mode",
-    "the database system is not yet accepting connections",
-    "connection refused",
-    "server closed the connection unexpectedly",
-    "terminating connection",
-    "connection timeout expired",
-)
-
-
-def _connectivity_reason(error: BaseException) -> str | None:
-    """Why `error` means the database cannot be reached at the moment, or None when it means anything else."""
-    if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool had no connection to give in time
-        return "no database connection became free in time"
-    original: BaseException | None = error
-    if isinstance(error, sqlalchemy.exc.DBAPIError):
-        if error.connection_invalidated:
-            return "the connection to the database was lost"
-        original = error.orig
-    if isinstance(original, psycopg.OperationalError):
-        state = original.sqlstate
-        # Without a SQLSTATE the failure happened below SQL: refused, reset, timed out while connecting.
-        if state is None or state.startswith("08") or state in _PG_UNAVAILABLE_SQLSTATES:
-            return "the database is unreachable"
-    if isinstance(original, psycopg.OperationalError | sqlalchemy.exc.OperationalError):
-        text = str(original).lower()
-        if any(phrase in text for phrase in _UNAVAILABLE_PHRASES):
-            return "the database is unreachable"
-    return None
-
-
-def database_unavailable(error: BaseException) -> Unavailable | None:
-    """The Unavailable (with a retry hint) that a database connectivity failure becomes; None for any other
-    error, which keeps its own mapping. Follows `raise ... from` causes."""
-    current: BaseException | None = error
-    for _ in range(8):  # causes chain rarely runs deeper; a bound keeps a cycle from looping
-        if current is None:
-            return None
-        reason = _connectivity_reason(current)
-        if reason is not None:
-            return Unavailable(
-                f"{reason} (restarting, or connections dropped); retry in {DATABASE_RETRY_AFTER_S:g} s with "
-                "backoff. A write that failed this way may or may not have been applied: read it back or "
-                "send it again (RegisterAgent is an idempotent upsert; use expected_generation to detect races)",
-                retry_after_s=DATABASE_RETRY_AFTER_S,
-            )
-        current = current.__cause__
-    return None
 
 
 def _first_line(error: BaseException) -> str:
