@@ -13,9 +13,9 @@ from registry.embedding.sentence import (
     SentenceTransformerEmbedder,
     WeightsMismatch,
     bundled_model_path,
-    file_sha256,
 )
 from registry.embedding.template import DEFAULT_TEMPLATE, check_template, render
+from registry.files import file_sha256
 
 
 def test_bundled_weights_are_the_upstream_file() -> None:

@@ -44,8 +44,9 @@ from registry.embedding.models import (
     model_path,
     resolve_models_dir,
 )
-from registry.embedding.sentence import MINILM_NAME, MINILM_SHA256, bundled_model_path, file_sha256
+from registry.embedding.sentence import MINILM_NAME, MINILM_SHA256, bundled_model_path
 from registry.embedding.static import StaticEmbedder, StaticModelError
+from registry.files import file_sha256
 
 # MetaTool (github.com/HowieHwong/MetaTool, MIT License; arXiv 2310.03128), see ../shared/datasets/README.md.
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from registry.embedding.sentence import file_sha256
+from registry.files import file_sha256, fsync_dir
 
 RECIPE_VERSION = "capreg-static-v1"
 DEFAULT_DIM = 256
@@ -113,7 +113,7 @@ def distill_static_model(
             },
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _install(tmp, out_dir, replace)
     finally:
         if tmp.exists():
@@ -178,7 +178,7 @@ def _install(tmp: Path, out_dir: Path, replace: bool) -> None:
     if not out_dir.exists():
         try:
             tmp.rename(out_dir)
-            _fsync_dir(out_dir.parent)
+            fsync_dir(out_dir.parent)
             return
         except OSError:
             if not out_dir.exists():
@@ -190,16 +190,8 @@ def _install(tmp: Path, out_dir: Path, replace: bool) -> None:
     old.rmdir()
     out_dir.rename(old)
     tmp.rename(out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _torch_version() -> str:

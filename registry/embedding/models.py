@@ -32,9 +32,9 @@ from registry.embedding.sentence import (
     SentenceTransformerEmbedder,
     WeightsMismatch,
     bundled_model_path,
-    file_sha256,
 )
 from registry.embedding.static import StaticEmbedder
+from registry.files import file_sha256
 
 STATIC_MINILM_NAME = "capreg/static-minilm-l6-v2-256"
 

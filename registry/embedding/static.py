@@ -31,7 +31,8 @@ from registry.embedding.distill import (
     TOKENIZER_FILE,
     static_identity,
 )
-from registry.embedding.sentence import WeightsMismatch, file_sha256
+from registry.embedding.sentence import WeightsMismatch
+from registry.files import file_sha256
 
 _CHUNK_TOKENS = 8192  # rows gathered at once while pooling (8 MiB at dimension 256)
 

@@ -33,6 +33,7 @@ from registry.domain.models import (
     VectorSpace,
     Visibility,
 )
+from registry.files import file_sha256, fsync_dir, fsync_file
 from registry.index.hnsw import HnswGraph
 from registry.index.space_index import SpaceIndex
 
@@ -83,17 +84,17 @@ def write(index: SpaceIndex, space: VectorSpace, root: Path, keep: int = 2) -> S
             for entry in index.entries:
                 out.write(json.dumps(entry_to_json(entry) if entry is not None else None, separators=(",", ":")))
                 out.write("\n")
-        files = {f: _sha256(target / f) for f in FILES}
+        files = {f: file_sha256(target / f) for f in FILES}
         meta = {"format": FORMAT, "watermark": index.watermark, "rows": size} | space_identity(space)
         meta["files"] = files
         meta["checksum"] = _meta_checksum(meta)
         (target / "meta.json").write_text(json.dumps(meta, indent=2))
         for f in (*FILES, "meta.json"):
-            _fsync(target / f)
+            fsync_file(target / f)
         final = root / name
         target.rename(final)
         _replace_text(root / CURRENT, name)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
@@ -133,7 +134,7 @@ def load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceInd
         path = directory / f
         if not path.exists():
             raise SnapshotError(f"{path} is missing")
-        if _sha256(path) != files.get(f):
+        if file_sha256(path) != files.get(f):
             raise SnapshotError(f"{path} does not match its checksum: truncated or altered")
     try:
         vectors = np.load(directory / "vectors.npy", allow_pickle=False)
@@ -230,27 +231,6 @@ def entry_from_json(data: dict[str, Any]) -> CatalogEntry:
 
 def _meta_checksum(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace_text(path: Path, text: str) -> None:

@@ -166,15 +166,19 @@ class AdminService:
         return await self._status(space)
 
     async def list_spaces(self) -> list[SpaceStatus]:
-        return [await self._status(space) for space in await asyncio.to_thread(self._space_store.list_spaces)]
+        spaces = await asyncio.to_thread(self._space_store.list_spaces)
+        names = {s.id: s.name for s in spaces}  # read once, not once per space
+        return [await self._status(space, names) for space in spaces]
 
     async def get_space(self, name: str) -> SpaceStatus:
         v.check_name(name, "name")
         return await self._status(await asyncio.to_thread(self._space_store.get, name))
 
-    async def _status(self, space: VectorSpace) -> SpaceStatus:
+    async def _status(self, space: VectorSpace, names: dict[int, str] | None = None) -> SpaceStatus:
+        """With `names` (space id -> name) the previous serving space is named without another read."""
         coverage = await asyncio.to_thread(self._space_store.coverage, space.id)
-        names = {s.id: s.name for s in await asyncio.to_thread(self._space_store.list_spaces)}
+        if names is None:
+            names = {s.id: s.name for s in await asyncio.to_thread(self._space_store.list_spaces)}
         live = self._spaces.get(space.name) if space.name in self._spaces else None
         shadow = self._discovery.shadow
         return SpaceStatus(
