@@ -130,12 +130,13 @@ class ChangeFollower:
                 agents[row.entity_id] = row.seq
             else:
                 others.add(row.entity)
-        if agents:
-            for live in self._spaces.live():  # every live space gets the agents' current state
-                known = live.index.text_hashes(set(agents))
-                state = await asyncio.to_thread(self._store.index_state, list(agents), live.space.id, known)
+        if agents:  # every live space gets the agents' current state, read in one pass
+            spaces = self._spaces.live()
+            known = {live.space.id: live.index.text_hashes(set(agents)) for live in spaces}
+            states = await asyncio.to_thread(self._store.index_state, list(agents), known)
+            for live in spaces:
                 for agent_id, seq in agents.items():
-                    live.index.replace_agent(agent_id, state.get(agent_id, []), seq)
+                    live.index.replace_agent(agent_id, states[live.space.id].get(agent_id, []), seq)
         for entity in sorted(others):
             handler = self._handlers.get(entity)
             if handler is not None:

@@ -413,28 +413,36 @@ class RegistryStore:
     # -- the index's view ----------------------------------------------------------------------------
 
     def index_state(
-        self, agent_ids: Collection[str], space_id: int, known_hashes: Mapping[str, str]
-    ) -> dict[str, list[CatalogEntry]]:
-        """The current index entries of these agents (absent: the agent is gone). A vector is read only
-        for a capability whose embedded text differs from `known_hashes` (capability id -> text hash)."""
+        self, agent_ids: Collection[str], known_hashes: Mapping[int, Mapping[str, str]]
+    ) -> dict[int, dict[str, list[CatalogEntry]]]:
+        """The current index entries of these agents in each space of `known_hashes` (space id ->
+        capability id -> text hash the index holds); an agent absent from a space's answer is gone. The
+        agents and capabilities are read once for all spaces; a vector only where the text changed."""
         if not agent_ids:
-            return {}
+            return {space_id: {} for space_id in known_hashes}
         with self._connect() as conn:
             agent_rows = conn.execute(select(t.agents).where(t.agents.c.id.in_(list(agent_ids)))).mappings().all()
             caps = self._capabilities_of(conn, [r["id"] for r in agent_rows])
             cap_ids = [cap.id for group in caps.values() for cap in group]
-            hashes: dict[str, str] = _vector_column(conn, space_id, cap_ids, t.capability_vectors.c.text_sha256)
-            stale = [cap_id for cap_id, h in hashes.items() if known_hashes.get(cap_id) != h]
-            vectors: dict[str, bytes] = _vector_column(conn, space_id, stale, t.capability_vectors.c.vector)
-        state: dict[str, list[CatalogEntry]] = {}
-        for row in agent_rows:
-            agent = agent_from_row(row, caps.get(row["id"], ()))
-            state[agent.id] = [
-                _entry(agent, cap, vector_from_bytes(vectors[cap.id]) if cap.id in vectors else None, hashes[cap.id])
-                for cap in agent.capabilities
-                if cap.id in hashes  # a capability with no vector in this space is not searchable here
-            ]
-        return state
+            per_space: dict[int, tuple[dict[str, str], dict[str, bytes]]] = {}
+            for space_id, known in known_hashes.items():
+                hashes: dict[str, str] = _vector_column(conn, space_id, cap_ids, t.capability_vectors.c.text_sha256)
+                stale = [cap_id for cap_id, h in hashes.items() if known.get(cap_id) != h]
+                per_space[space_id] = hashes, _vector_column(conn, space_id, stale, t.capability_vectors.c.vector)
+        agents = [agent_from_row(row, caps.get(row["id"], ())) for row in agent_rows]
+        return {
+            space_id: {
+                agent.id: [
+                    _entry(
+                        agent, cap, vector_from_bytes(vectors[cap.id]) if cap.id in vectors else None, hashes[cap.id]
+                    )
+                    for cap in agent.capabilities
+                    if cap.id in hashes  # a capability with no vector in this space is not searchable there
+                ]
+                for agent in agents
+            }
+            for space_id, (hashes, vectors) in per_space.items()
+        }
 
     # -- agents: reads -------------------------------------------------------------------------------
 
