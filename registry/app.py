@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -178,21 +179,25 @@ class App:
 
 
 def model_loader(settings: Settings, configured: Embedder) -> Callable[[str], Embedder]:
-    """Loads embedding models by name: the configured one (already loaded), or one from the catalog."""
+    """Loads embedding models by name: the configured one (already loaded), or one from the catalog, each
+    once (loads run in worker threads, so the cache is locked)."""
     loaded: dict[str, Embedder] = {configured.model_name: configured}
-
+    lock = threading.Lock()
     models_dir = models.resolve_models_dir(settings.models_dir, settings.data_dir)
 
     def load(name: str) -> Embedder:
-        if name not in loaded:
-            path = models.model_path(name, models_dir)
-            if path is not None and models.spec(name).kind != "bundled" and not path.exists():
-                # Building a model takes a minute or more: an operator step, not something a call waits for.
-                raise FailedPrecondition(
-                    f"{name} is not built on this server: run `capreg models distill {name} --models-dir "
-                    f"{models_dir}` (on every replica, or share the directory), then retry"
-                )
-            loaded[name] = models.load_embedder(name, models_dir)
+        with lock:
+            return loaded[name] if name in loaded else load_new(name)
+
+    def load_new(name: str) -> Embedder:
+        path = models.model_path(name, models_dir)
+        if path is not None and models.spec(name).kind != "bundled" and not path.exists():
+            # Building a model takes a minute or more: an operator step, not something a call waits for.
+            raise FailedPrecondition(
+                f"{name} is not built on this server: run `capreg models distill {name} --models-dir "
+                f"{models_dir}` (on every replica, or share the directory), then retry"
+            )
+        loaded[name] = models.load_embedder(name, models_dir)
         return loaded[name]
 
     return load
@@ -231,10 +236,11 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     store = RegistryStore(engine)
     space_store = SpaceStore(engine)
     await bootstrap_space(settings, store, space_store, embedder)
+    load_model = model_loader(settings, embedder)  # one cache: a model is loaded once per process
     loader = SpaceLoader(
         store,
         space_store,
-        model_loader(settings, embedder),
+        load_model,
         HnswParams(
             m=settings.hnsw_m,
             ef_construction=settings.hnsw_ef_construction,
@@ -293,7 +299,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         snapshots,
         loader.startups,
         discovery,
-        model_loader(settings, embedder),
+        load_model,
         follower.sync,
     )
     server = GrpcServer(
