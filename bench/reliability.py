@@ -67,6 +67,8 @@ CONVERGENCE_TENANT = "convergence"
 # Before each restart the victim's snapshots are kept, deleted (a host that lost its disk) or corrupted
 # (one byte flipped: the checksum must refuse it), in this rotation.
 SNAPSHOT_PLANS = ("keep", "drop", "keep", "corrupt")
+SNAPSHOT_WAIT_S = 30.0
+SNAPSHOT_POLL_S = 0.02
 
 
 # -- a server to kill ------------------------------------------------------------------------------------
@@ -230,6 +232,16 @@ class Server:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_for_snapshot(server: Server, timeout_s: float) -> None:
+    """Until the running server reports a snapshot written (its GetIndexStatus watermark is set)."""
+    deadline = time.monotonic() + timeout_s
+    with server.client() as client:
+        while client.index_status().snapshot_watermark <= 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{server.label} wrote no snapshot in {timeout_s:g} s")
+            time.sleep(SNAPSHOT_POLL_S)  # polling a remote condition; the wait is bounded by the deadline
 
 
 def prepare_snapshots(server: Server, plan: str) -> bool:
@@ -676,14 +688,18 @@ def kill_cycles(
         targets = [(w, survivors[0] if survivors and w == writers - 1 else victim) for w in range(writers)]
         seed = rng.randrange(2**32)
         kill_after = rng.uniform(*burst_s)
+        plan = SNAPSHOT_PLANS[number % len(SNAPSHOT_PLANS)]
         first_error = len(ledger.errors)
         with Writers(ledger, targets, seed=seed):
             ledger.wait_for("the burst's first acknowledged write", 60, after=time.monotonic(), acks=1)
+            if plan != "drop":
+                # A plan that keeps or corrupts a snapshot needs one on disk to act on; a kill drawn before
+                # the first snapshot interval would otherwise test nothing (and the run would be random).
+                wait_for_snapshot(victim, SNAPSHOT_WAIT_S)
             # Load shaping, not synchronisation: let the writers run for a random moment more, then kill.
             time.sleep(kill_after)
             killed_at = time.monotonic()
             victim.kill()
-        plan = SNAPSHOT_PLANS[number % len(SNAPSHOT_PLANS)]
         expected = "snapshot" if prepare_snapshots(victim, plan) else "database"
         victim.start()
         ready_s = victim.wait_ready()
