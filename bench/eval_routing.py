@@ -159,6 +159,22 @@ def oracle(held_out: list[Prompt]) -> Point:
     )
 
 
+def embed_prompts(prompts: Sequence[Prompt]) -> dict[str, list[float]]:
+    """Each prompt's vector, embedded once here with the model the server serves (the same weights and code
+    as its text path), so that sweeping the knob does not embed every held-out prompt once per value."""
+    from registry.embedding.sentence import SentenceTransformerEmbedder, bundled_model_path
+
+    embedder = SentenceTransformerEmbedder(bundled_model_path(), cache_size=0)
+    texts = sorted({p.text for p in prompts})
+    vectors: dict[str, list[float]] = {}
+    for start in range(0, len(texts), 512):
+        chunk = texts[start : start + 512]
+        for text, vector in zip(chunk, embedder.embed(chunk), strict=True):
+            vectors[text] = [float(x) for x in vector]
+        print(f"embedded {len(vectors)}/{len(texts)} prompts", file=sys.stderr, flush=True)
+    return vectors
+
+
 def line_accuracy(cost: float, cheap: Point, strong: Point) -> float:
     """Accuracy of the random mixture of the two models that costs `cost`."""
     share = (cost - cheap.cost_usd) / (strong.cost_usd - cheap.cost_usd)
@@ -179,16 +195,20 @@ async def run(
                 capability[agent.name] = agent.capabilities[0].id
             by_capability = {capability[m.name]: m for m in MODELS}
 
+            vectors = embed_prompts([*train, *held_out])
+            timings["embed_s"] = time.perf_counter() - started
+
             def report(p: Prompt, m: Model) -> Callable[[], Awaitable[object]]:
                 return lambda: client.report_outcome(
                     capability[m.name],
                     success=p.correct[m.name],
-                    text=p.text,
+                    vector=vectors[p.text],
                     input_tokens=p.input_tokens,
                     output_tokens=OUTPUT_TOKENS,
                     cost_usd=p.cost(m),
                 )
 
+            started = time.perf_counter()
             await bounded([report(p, m) for p in train for m in MODELS], args.in_flight)
             timings["report_s"] = time.perf_counter() - started
             print(f"reported {2 * len(train)} outcomes in {timings['report_s']:.1f} s", file=sys.stderr)
@@ -196,7 +216,7 @@ async def run(
             def route(p: Prompt, preference: float) -> Callable[[], Awaitable[Model]]:
                 async def call() -> Model:
                     found = await client.discover(
-                        p.text,
+                        vector=vectors[p.text],
                         top_k=1,
                         estimated_input_tokens=p.input_tokens,
                         estimated_output_tokens=OUTPUT_TOKENS,

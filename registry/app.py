@@ -35,6 +35,7 @@ from registry.service.registry_service import RegistryService
 from registry.service.serving import ServingSpace, Spaces
 from registry.service.snapshots import SnapshotKeeper, Startup
 from registry.service.space_loader import SpaceLoader
+from registry.service.watch import DiscoverWatches
 from registry.store import migrate
 from registry.store.budgets import BudgetStore
 from registry.store.engine import make_engine
@@ -271,6 +272,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     outcome_index = OutcomeIndex(outcome_store, settings.max_outcomes_per_capability)
     await outcome_index.load([live.space.id for live in spaces.live()])
     follower.handle("outcome", outcome_index.refresh)
+    follower.on_capabilities_removed(outcome_index.forget)
     memory = DiscoverMemory()
     for name, startup in loader.startups.items():
         if startup.source == "snapshot":
@@ -310,6 +312,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         keys,
         admin,
         outcomes,
+        DiscoverWatches(discovery, follower, settings.max_watches),
         authenticate=settings.auth_enabled,
         limits=settings.limits(),
     )

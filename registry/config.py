@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     models_dir: Path | None = None
     # How many recent Discover texts each server keeps in memory, as tasks for `capreg vectors compare`.
     recent_texts: int = Field(1000, ge=0)
+    max_watches: int = Field(1000, ge=0)  # open WatchDiscover streams per process
     max_outcomes_per_capability: int = Field(10_000, ge=1)  # the oldest outcomes of a capability go past this
 
     hnsw_m: int = Field(16, ge=4, le=128)

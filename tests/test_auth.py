@@ -292,6 +292,12 @@ CASES: dict[str, Case] = {
         by_id=True,
         listed="matches",
     ),
+    DISC + "WatchDiscover": Case(  # streaming, endless: the first answer, then the watch is cancelled
+        lambda w, t, f, i: discovery_pb2.WatchDiscoverRequest(
+            discover=discovery_pb2.DiscoverRequest(tenant=f, text=TEXT, top_k=100, budget_id=w.seeds[t].budget.id)
+        ),
+        by_id=True,
+    ),
     OUT + "ReportOutcome": Case(  # by id: another tenant's private capability is NOT_FOUND
         lambda w, t, f, i: outcome_pb2.ReportOutcomeRequest(
             tenant=f, capability_id=w.seeds[t].agent.capabilities[0].id, text=TEXT, success=True
@@ -420,6 +426,9 @@ MATRIX = [
 ]
 
 
+ENDLESS = {DISC + "WatchDiscover"}  # server streams that run until the caller cancels them
+
+
 def invoke(w: World, method: str, request: Message, identity: str) -> tuple[grpc.StatusCode, Message | None, str]:
     response_class = GetMessageClass(RPCS[method].output_type)
     stub: grpc.UnaryUnaryMultiCallable[Message, Message] = w.channel.unary_unary(
@@ -434,6 +443,17 @@ def invoke(w: World, method: str, request: Message, identity: str) -> tuple[grpc
                 response_deserializer=response_class.FromString,
             )
             return OK, next(iter(streamed(iter([request]), metadata=metadata, timeout=30))), ""
+        if method in ENDLESS:  # the first answer is the one to judge; the stream would never end by itself
+            endless: grpc.UnaryStreamMultiCallable[Message, Message] = w.channel.unary_stream(
+                method,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_class.FromString,
+            )
+            call = endless(request, metadata=metadata, timeout=30)
+            try:
+                return OK, next(iter(call)), ""
+            finally:
+                call.cancel()
         if RPCS[method].server_streaming:  # to its end (a backfill left running would write during later calls)
             answers: grpc.UnaryStreamMultiCallable[Message, Message] = w.channel.unary_stream(
                 method,
@@ -466,6 +486,8 @@ def check_answer(method: str, response: Message, tenant: str) -> None:
     case = CASES[method]
     if case.listed:
         assert len(getattr(response, case.listed)) > 0, f"{method} answered an empty {case.listed}"
+    if isinstance(response, discovery_pb2.WatchDiscoverResponse):
+        response = response.answer
     if isinstance(response, discovery_pb2.DiscoverResponse):
         names = {m.agent_name for m in response.matches}
         assert {f"{foreign}-public", f"{foreign}-shared", f"{secret_of(tenant)}-agent"} <= names
@@ -517,7 +539,7 @@ def test_the_permission_table_says_what_each_role_may_do() -> None:
         "ListAgents",
     }
     assert by_role[Role.ORCHESTRATOR.value] == {
-        "GetAgent", "ListAgents", "Discover", "ReportOutcome",
+        "GetAgent", "ListAgents", "Discover", "WatchDiscover", "ReportOutcome",
         "GetBudget", "ListBudgets", "Reserve", "Commit", "Release", "GetReservation",
     }  # fmt: skip
     assert by_role[Role.OPERATOR.value] == {m.rsplit("/", 1)[1] for m in RPCS if PERMISSIONS[m]}

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from registry.cli.main import cli
-from tests.support import ServerThread
+from registry.embedding.sentence import SentenceTransformerEmbedder
+from tests.support import ServerThread, running_server
 
 AGENTS_YAML = """
 agents:
@@ -62,6 +63,35 @@ def test_discover_json_and_explain(demo_server: ServerThread) -> None:
         "discover", "caption this photo", "--explain", "--region", "eu-west-1", "--target", demo_server.target
     )
     assert code == 0 and "excluded by filter.regions" in out and "plan" in out
+
+
+def test_an_outcome_reported_from_the_command_line_changes_the_explanation(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    """A demo server of its own: the shared one stays read-only."""
+    data = tmp_path / "data"
+    with running_server(data, f"sqlite:///{data / 'capreg.db'}", embedder, demo=True) as server:
+        outcome_round_trip(server.target)
+
+
+def outcome_round_trip(target: str) -> None:
+    task = ["discover", "transcribe this podcast episode", "--target", target]
+    code, out = run(*task, "--json", "-k", "2")
+    assert code == 0
+    answer = json.loads(out)
+    first, second = answer["matches"]
+    code, out = run("outcomes", "report", first["capability"]["id"], "--failure", "--discover-id",
+                    answer["discover_id"], "--latency-ms", "900", "--target", target)  # fmt: skip
+    assert code == 0 and "recorded outcome" in out
+    code, out = run(*task, "--json", "-k", "100")  # all of them: the failed one is now near the bottom
+    again = {m["capability"]["id"]: m for m in json.loads(out)["matches"]}
+    assert next(iter(again)) == second["capability"]["id"]
+    learned = {t["name"]: t.get("value", 0.0) for t in again[first["capability"]["id"]]["score_terms"]}
+    assert learned["learned_quality"] < 0
+    code, out = run(*task, "--explain", "--latency-preference", "0.3", "--cost-preference", "0.2")
+    assert code == 0 and "learned_quality" in out and "latency" in out and "cost" in out
+    code, out = run("outcomes", "report", first["capability"]["id"], "--target", target)
+    assert code == 2 and "exactly one of --success" in out
 
 
 def test_apply_list_get_status_delete(demo_server: ServerThread, tmp_path: Path) -> None:
@@ -116,7 +146,7 @@ def test_migrate_up_and_down(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "command",
     [[], ["serve"], ["migrate"], ["agents"], ["agents", "apply"], ["agents", "list"], ["agents", "get"],
-     ["agents", "status"], ["agents", "delete"], ["discover"]],
+     ["agents", "status"], ["agents", "delete"], ["discover"], ["outcomes"], ["outcomes", "report"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     code, out = run(*command, "--help")

@@ -39,8 +39,12 @@ def test_wire_field_numbers_are_stable() -> None:
     assert request == {
         "tenant": 1, "text": 2, "vector": 3, "top_k": 4, "filters": 5, "vector_space": 6,
         "estimated_input_tokens": 7, "estimated_output_tokens": 8, "task_labels": 9, "budget_id": 10,
-        "min_seq": 11, "cost_preference": 12,
+        "min_seq": 11, "cost_preference": 12, "latency_preference": 13, "exploration_rate": 14,
     }  # fmt: skip
+    watch = {f.name: f.number for f in discovery_pb2.WatchDiscoverRequest.DESCRIPTOR.fields}
+    assert watch == {"discover": 1, "last_answer_digest": 2, "coalesce_ms": 3}
+    watched = {f.name: f.number for f in discovery_pb2.WatchDiscoverResponse.DESCRIPTOR.fields}
+    assert watched == {"answer": 1, "answer_digest": 2, "reasons": 3}
     response = {f.name: f.number for f in discovery_pb2.DiscoverResponse.DESCRIPTOR.fields}
     assert response == {"matches": 1, "explanation": 2, "vector_space": 3, "watermark": 4, "discover_id": 5}
     report = {f.name: f.number for f in outcome_pb2.ReportOutcomeRequest.DESCRIPTOR.fields}

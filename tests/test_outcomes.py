@@ -99,7 +99,7 @@ def test_outcomes_for_similar_tasks_move_the_right_capability_to_the_top(client:
 
 def test_failures_push_a_capability_down(client: CapregClient) -> None:
     ids = register_catalog(client)
-    for _ in range(2):
+    for _ in range(3):  # three failures and nothing else: its rate, shrunk toward 0.5, is 1/5
         client.report_outcome(ids["alpha"], score=0.0, vector=TASK, tenant=ACME)
     assert discover(client) == ["beta", "gamma", "alpha"]
 
@@ -226,3 +226,49 @@ def test_an_outcome_reported_on_one_server_reaches_discover_on_another(
         token = on_a.report_outcome(ids["alpha"], success=False, vector=TASK, tenant=ACME).consistency_token
         token = on_a.report_outcome(ids["beta"], success=True, vector=TASK, tenant=ACME).consistency_token
         assert discover(on_b, min_seq=token)[0] == "beta"
+
+
+def test_latency_preference_prefers_the_faster_capability(client: CapregClient) -> None:
+    """Reported latency wins over the declared one; the two knobs together may not pass 1."""
+    ids = register_catalog(client)  # every capability declares a p50 of 100 ms
+    client.report_outcome(ids["alpha"], success=True, vector=TASK, tenant=ACME, latency_ms=2000)
+    client.report_outcome(ids["beta"], success=True, vector=TASK, tenant=ACME, latency_ms=50)
+    assert discover(client)[0] == "alpha"  # quality alone: alpha is the nearer description
+    answer = client.discover(vector=NEAR_TASK, tenant=ACME, top_k=3, latency_preference=0.6)
+    assert ranking(answer)[0] == "beta"
+    speed = {m.capability.name: t.value for m in answer.matches for t in m.score_terms if t.name == "latency"}
+    assert speed == pytest.approx({"alpha": 0.0, "beta": 1 - 50 / 2000, "gamma": 1 - 100 / 2000})
+    for match in answer.matches:
+        assert match.score == pytest.approx(sum(t.weight * t.value for t in match.score_terms))
+    with pytest.raises(CapregError) as refused:
+        client.discover(vector=NEAR_TASK, tenant=ACME, cost_preference=0.6, latency_preference=0.6)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.field == "latency_preference"
+
+
+def test_exploration_puts_the_least_tried_capability_first(client: CapregClient) -> None:
+    ids = register_catalog(client)
+    for name in ("alpha", "beta"):
+        client.report_outcome(ids[name], success=True, vector=TASK, tenant=ACME)
+    assert discover(client, exploration_rate=0.0) == ["alpha", "beta", "gamma"]
+    answer = client.discover(vector=NEAR_TASK, tenant=ACME, top_k=3, exploration_rate=1.0)
+    assert ranking(answer) == ["gamma", "alpha", "beta"]  # gamma has no outcome; the rest keep their order
+    explored = [m.capability.name for m in answer.matches if any(t.name == "exploration" for t in m.score_terms)]
+    assert explored == ["gamma"]
+    # Exploration only reorders the answer: with top_k=2 gamma is not in it, and alpha and beta are tried alike.
+    assert ranking(client.discover(vector=NEAR_TASK, tenant=ACME, top_k=2, exploration_rate=1.0)) == ["alpha", "beta"]
+    with pytest.raises(CapregError) as refused:
+        client.discover(vector=NEAR_TASK, tenant=ACME, exploration_rate=-0.1)
+    assert refused.value.field == "exploration_rate"
+
+
+def test_a_removed_capabilitys_outcomes_are_forgotten(client: CapregClient, outcome_server: ServerThread) -> None:
+    ids = register_catalog(client)
+    client.report_outcome(ids["alpha"], success=True, vector=TASK, tenant=ACME)
+    client.report_outcome(ids["beta"], success=True, vector=TASK, tenant=ACME)
+    space_id = outcome_server.app.spaces.serving.space.id
+    assert outcome_server.app.outcome_index.count(space_id, ACME) == 2
+    token = client.deregister_agent("beta-tool", tenant=ACME).consistency_token
+    client.discover(vector=NEAR_TASK, tenant=ACME, min_seq=token)  # this server has applied the removal
+    assert outcome_server.app.outcome_index.count(space_id, ACME) == 1
+    assert writes(outcome_server)[1] == 1  # the database dropped it too

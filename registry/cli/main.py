@@ -26,6 +26,7 @@ from registry.cli.budgets import budgets
 from registry.cli.common import CONTEXT, call, client_options, fail, json_option
 from registry.cli.keys import audit, keys
 from registry.cli.models import models
+from registry.cli.outcomes import outcomes
 from registry.cli.policies import policies
 from registry.cli.status import status
 from registry.cli.vectors import vectors
@@ -371,7 +372,24 @@ def agents_delete(name: str, tenant: str, target: str, timeout: float) -> None:
 @click.option("--budget", "budget_id", default="", help="Budget id: exclude what costs more than it has left.")
 @click.option("--principal", default="", help="Who is asking, for policies.")
 @click.option("--role", "roles", multiple=True, help="The caller's roles, for policies (repeatable).")
-@click.option("--explain", is_flag=True, help="Also show the plan, exclusions and timings.")
+@click.option(
+    "--cost-preference",
+    type=click.FloatRange(0, 1),
+    help="Weight of cheapness against quality: 0 (default) quality only, 1 cost only.",
+)
+@click.option(
+    "--latency-preference",
+    type=click.FloatRange(0, 1),
+    help="Weight of speed, like --cost-preference (the two add up to at most 1).",
+)
+@click.option(
+    "--explore",
+    "exploration_rate",
+    type=click.FloatRange(0, 1),
+    help="Probability of putting the least-tried of the answer first, so new agents get tried.",
+)
+@click.option("--space", default="", help="Vector space to search (default: the serving one).")
+@click.option("--explain", is_flag=True, help="Also show the plan, exclusions, timings and score terms.")
 @client_options
 @json_option
 def discover(
@@ -394,6 +412,10 @@ def discover(
     budget_id: str,
     principal: str,
     roles: tuple[str, ...],
+    cost_preference: float | None,
+    latency_preference: float | None,
+    exploration_rate: float | None,
+    space: str,
     explain: bool,
     target: str,
     timeout: float,
@@ -426,6 +448,10 @@ def discover(
             budget_id=budget_id,
             principal=principal,
             roles=roles,
+            cost_preference=cost_preference,
+            latency_preference=latency_preference,
+            exploration_rate=exploration_rate,
+            space=space,
         ),
     )
     if as_json:
@@ -456,6 +482,7 @@ cli.add_command(audit)
 cli.add_command(status)
 cli.add_command(vectors)
 cli.add_command(models)
+cli.add_command(outcomes)
 
 
 def main() -> None:

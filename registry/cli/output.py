@@ -84,6 +84,9 @@ def explanation_table(response: discovery_pb2.DiscoverResponse) -> Table:
     table.add_row("plan", plan)
     table.add_row("timings (ms)", ", ".join(f"{t.stage} {t.ms:.2f}" for t in exp.timings))
     table.add_row("watermark", str(response.watermark))
+    for i, match in enumerate(response.matches, 1):
+        terms = " + ".join(f"{t.weight:.2f}*{t.name}({t.value:.3f})" for t in match.score_terms)
+        table.add_row(f"score #{i}", f"{match.score:.3f} = {terms}")
     return table
 
 

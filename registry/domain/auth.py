@@ -118,6 +118,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "/capreg.v1.RegistryService/GetAgent": _READ,
     "/capreg.v1.RegistryService/ListAgents": _READ,
     "/capreg.v1.DiscoveryService/Discover": _ORCHESTRATE,
+    "/capreg.v1.DiscoveryService/WatchDiscover": _ORCHESTRATE,
     "/capreg.v1.OutcomeService/ReportOutcome": _ORCHESTRATE,
     "/capreg.v1.BudgetService/GetBudget": _ORCHESTRATE,
     "/capreg.v1.BudgetService/ListBudgets": _ORCHESTRATE,

@@ -61,3 +61,9 @@ class Unavailable(DomainError):
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0):
         super().__init__(message, retry_after_s=retry_after_s)
+
+
+class ResourceExhausted(DomainError):
+    """A per-process limit is reached (e.g. open watches); retry after `retry_after_s` or elsewhere."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED

@@ -199,6 +199,8 @@ class DiscoverQuery:
     roles: frozenset[str] = frozenset()
     min_seq: int = 0  # answer only once the index reflects this consistency token
     cost_preference: float = 0.0  # 0: quality only; 1: cost only
+    latency_preference: float = 0.0  # weight of speed; cost_preference + latency_preference <= 1
+    exploration_rate: float = 0.0  # probability of trying the least-tried of the top_k first
 
     @property
     def caller(self) -> Caller:

@@ -246,5 +246,9 @@ def validate_discover(query: DiscoverQuery) -> None:
     validate_filters(query.filters)
     check_labels(query.task_labels, "task_labels")
     check_number(query.cost_preference, "cost_preference", 0.0, 1.0)
+    check_number(query.latency_preference, "latency_preference", 0.0, 1.0)
+    if query.cost_preference + query.latency_preference > 1.0 + 1e-9:
+        raise InvalidArgument("latency_preference", "cost_preference + latency_preference must be at most 1")
+    check_number(query.exploration_rate, "exploration_rate", 0.0, 1.0)
     if query.min_seq < 0:
         raise InvalidArgument("min_seq", "must be a consistency token a write returned, or 0")

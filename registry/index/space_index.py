@@ -105,13 +105,15 @@ class SpaceIndex:
                 self._applied_seq[cap_id] = change.seq
         self.watermark = max(self.watermark, change.seq)
 
-    def replace_agent(self, agent_id: str, entries: list[CatalogEntry], seq: int) -> None:
-        """Make the agent's rows exactly `entries` (none: the agent is gone), as of change `seq`.
+    def replace_agent(self, agent_id: str, entries: list[CatalogEntry], seq: int) -> tuple[str, ...]:
+        """Make the agent's rows exactly `entries` (none: the agent is gone), as of change `seq`; returns
+        the ids of the capabilities it removed.
 
         An entry without a vector keeps the row's vector; it must then already be in the index."""
         wanted = {entry.capability.id for entry in entries}
         gone = tuple(cap_id for cap_id in self.caps_of_agent.get(agent_id, ()) if cap_id not in wanted)
         self.apply(CatalogChange(seq=seq, upserts=tuple(entries), removed=gone))
+        return gone
 
     def digest(self) -> str:
         """A fingerprint of what Discover can return: each capability's id, embedded text and agent state.

@@ -4,6 +4,7 @@ policy, status, filters, budget), search, rank, explain."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from registry.domain.policy import TenantPolicies
 from registry.domain.ports import BudgetLimiter
 from registry.index.columns import constraint_mask
 from registry.index.policy_mask import policy_mask
-from registry.service.outcomes import DiscoverMemory, OutcomeIndex
+from registry.service.outcomes import NO_VOTES, DiscoverMemory, OutcomeIndex, Votes
 from registry.service.serving import ServingSpace, Spaces
 from registry.service.shadow import ShadowRecorder
 
@@ -34,6 +35,7 @@ SIMILARITY_WEIGHT = 0.9
 QUALITY_WEIGHT = 0.1
 LEARNED_WEIGHT = 0.8  # the vote of the nearest past outcomes (registry/service/outcomes.py)
 RERANK_EXTRA = 10  # rows fetched beyond k so the quality term can reorder the top
+EXPLORE_BELOW = 20  # exploration tries capabilities with fewer reported outcomes than this
 
 
 def no_policies(_tenant: str) -> TenantPolicies:
@@ -50,6 +52,7 @@ class DiscoveryService:
         recent_texts: int = 1000,
         outcomes: OutcomeIndex | None = None,
         memory: DiscoverMemory | None = None,
+        rng: random.Random | None = None,
     ):
         self.spaces = spaces
         self.outcomes = outcomes
@@ -57,10 +60,12 @@ class DiscoveryService:
         self._budgets = budgets
         self._policies = policies
         self._sync = sync
+        self._random = rng or random.Random()  # exploration's coin; tests pass a seeded one
         self.shadow = ShadowRecorder(self)
         self._recent: deque[tuple[str, str]] = deque(maxlen=recent_texts)  # (tenant, text), for comparisons
 
-    async def discover(self, query: DiscoverQuery) -> DiscoverResult:
+    async def discover(self, query: DiscoverQuery, *, record: bool = True) -> DiscoverResult:
+        """`record`: keep the text for comparisons and shadow traffic (a watch's re-evaluations do not)."""
         started = time.perf_counter()
         v.validate_discover(query)
         query = _with_tenant(query)
@@ -89,7 +94,7 @@ class DiscoveryService:
             timings["budget"] = _ms(t0)
         result = self.search(live, query, vector, budget_left, timings, started)
         result = replace(result, discover_id=self.memory.remember(query.tenant, space.name, vector, query.text))
-        if query.text is not None and not query.vector_space:
+        if record and query.text is not None and not query.vector_space:
             self._recent.append((query.tenant, query.text))
             self.shadow.maybe_compare(query, result, budget_left)
         return result
@@ -123,18 +128,21 @@ class DiscoveryService:
         timings["search"] = _ms(t0)
         t0 = time.perf_counter()
         candidates = dict(zip(found.rows.tolist(), found.similarities.tolist(), strict=True))
-        votes = self.outcomes.votes(live.space.id, query.tenant, vector) if self.outcomes is not None else {}
-        if votes:  # the capabilities past outcomes vote for (or against) are candidates too, if allowed
+        votes = self.outcomes.votes(live.space.id, query.tenant, vector) if self.outcomes is not None else NO_VOTES
+        if votes:  # the capabilities with outcomes near this task are candidates too, if allowed
             unit = vector / max(float(np.linalg.norm(vector)), 1e-30)
-            for cap_id in votes:
+            for cap_id in votes.neighbours:
                 row = index.row_of.get(cap_id)
                 if row is not None and row not in candidates and mask[row]:
                     candidates[row] = float(index.vectors[row] @ unit)
             timings["outcomes"] = _ms(t0)
         matches = [self._match(index.entry(row), sim, query, votes) for row, sim in candidates.items()]
-        if query.cost_preference > 0:
-            matches = _with_cost(matches, query.cost_preference)
+        if query.cost_preference > 0 or query.latency_preference > 0:
+            matches = blend_cost_and_latency(matches, query.cost_preference, query.latency_preference, votes)
         matches.sort(key=lambda m: (-m.score, -m.similarity, m.capability.id))
+        answer = matches[: query.top_k]
+        if query.exploration_rate > 0 and self._random.random() < query.exploration_rate:
+            answer = explore(answer, votes)
         timings["rank"] = _ms(t0)
         timings["total"] = _ms(started)
         explanation = Explanation(
@@ -147,11 +155,22 @@ class DiscoveryService:
             hnsw_rounds=found.rounds,
         )
         return DiscoverResult(
-            matches=tuple(matches[: query.top_k]),
+            matches=tuple(answer),
             explanation=explanation,
             vector_space=live.space.name,
             watermark=index.watermark,
         )
+
+    def next_lease_expiry(self, result: DiscoverResult) -> float | None:
+        """The earliest lease expiry (epoch seconds) among the answer's matches; None when none expires."""
+        if result.vector_space not in self.spaces:
+            return None
+        index = self.spaces.get(result.vector_space).index
+        rows = [index.row_of[m.capability.id] for m in result.matches if m.capability.id in index.row_of]
+        if not rows:
+            return None
+        earliest = float(index.columns.lease_expires[rows].min())
+        return earliest if np.isfinite(earliest) else None
 
     def recent_texts(self, tenant: str, limit: int) -> list[str]:
         """Up to `limit` distinct texts this server was recently asked to Discover for `tenant`, newest first
@@ -165,7 +184,7 @@ class DiscoveryService:
         return list(found)
 
     @staticmethod
-    def _match(entry: CatalogEntry, similarity: float, query: DiscoverQuery, votes: dict[str, float]) -> Match:
+    def _match(entry: CatalogEntry, similarity: float, query: DiscoverQuery, votes: Votes) -> Match:
         cap = entry.capability
         score = SIMILARITY_WEIGHT * similarity + QUALITY_WEIGHT * cap.quality_prior
         terms: tuple[ScoreTerm, ...] = (
@@ -173,7 +192,7 @@ class DiscoveryService:
             ScoreTerm("quality_prior", cap.quality_prior, QUALITY_WEIGHT),
         )
         if votes:  # without outcomes (cold start) the ranking is exactly the descriptions' one
-            vote = votes.get(cap.id, 0.0)
+            vote = votes.of(cap.id)
             score += LEARNED_WEIGHT * vote
             terms += (ScoreTerm("learned_quality", vote, LEARNED_WEIGHT),)
         return Match(
@@ -191,21 +210,48 @@ class DiscoveryService:
         )
 
 
-def _with_cost(matches: list[Match], preference: float) -> list[Match]:
-    """Blend each match's quality score with its cheapness: (1-a)*quality + a*(1 - cost/max cost among them)."""
-    highest = max((m.estimated_cost_usd for m in matches), default=0.0)
+def blend_cost_and_latency(matches: list[Match], cost: float, latency: float, votes: Votes) -> list[Match]:
+    """(1-a-b)*score + a*cheapness + b*speed, each of the last two normalized among these candidates:
+    cheapness = 1 - cost / the highest cost, speed = 1 - latency / the highest latency (the mean latency
+    the tenant reported, else the declared p50; unknown: 0.5)."""
+    highest_cost = max((m.estimated_cost_usd for m in matches), default=0.0)
+    latencies = {m.capability.id: _latency_ms(m, votes) for m in matches}
+    highest_latency = max((ms for ms in latencies.values() if ms is not None), default=0.0)
+    keep = 1.0 - cost - latency
     blended = []
     for m in matches:
-        cheap = 1.0 - m.estimated_cost_usd / highest if highest > 0 else 1.0
-        terms = tuple(replace(term, weight=term.weight * (1 - preference)) for term in m.score_terms)
-        blended.append(
-            replace(
-                m,
-                score=(1 - preference) * m.score + preference * cheap,
-                score_terms=(*terms, ScoreTerm("cost", cheap, preference)),
-            )
-        )
+        cheap = 1.0 - m.estimated_cost_usd / highest_cost if highest_cost > 0 else 1.0
+        ms = latencies[m.capability.id]
+        fast = 0.5 if ms is None else (1.0 - ms / highest_latency if highest_latency > 0 else 1.0)
+        terms = tuple(replace(term, weight=term.weight * keep) for term in m.score_terms)
+        extra: tuple[ScoreTerm, ...] = (ScoreTerm("cost", cheap, cost),) if cost > 0 else ()
+        extra += (ScoreTerm("latency", fast, latency),) if latency > 0 else ()
+        score = keep * m.score + cost * cheap + latency * fast
+        blended.append(replace(m, score=score, score_terms=(*terms, *extra)))
     return blended
+
+
+def _latency_ms(match: Match, votes: Votes) -> float | None:
+    observed = votes.mean_latency_ms(match.capability.id)
+    if observed is not None:
+        return observed
+    declared = match.capability.latency_p50_ms
+    return float(declared) if declared > 0 else None
+
+
+def explore(answer: list[Match], votes: Votes) -> list[Match]:
+    """Put first the answer's least-tried capability (fewest outcomes, under EXPLORE_BELOW; the better
+    score among equals), marked with an "exploration" term; the answer unchanged when none qualifies."""
+    tried = [(votes.count(m.capability.id), index) for index, m in enumerate(answer)]
+    eligible = [(count, index) for count, index in tried if count < EXPLORE_BELOW]
+    if not eligible:
+        return answer
+    _, chosen = min(eligible)
+    if chosen == 0:
+        return answer
+    picked = answer[chosen]
+    picked = replace(picked, score_terms=(*picked.score_terms, ScoreTerm("exploration", 1.0, 0.0)))
+    return [picked, *answer[:chosen], *answer[chosen + 1 :]]
 
 
 def _with_tenant(query: DiscoverQuery) -> DiscoverQuery:

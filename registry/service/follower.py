@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from registry.domain.errors import InvalidArgument
@@ -39,6 +40,9 @@ class ChangeFollower:
         self._store = store
         self._spaces = spaces
         self._handlers = dict(handlers or {})
+        self._removal_listeners: list[Callable[[list[str]], None]] = []
+        self._batches: deque[tuple[int, frozenset[str]]] = deque(maxlen=4096)  # (position, entities) applied
+        self._applied_event = asyncio.Event()  # replaced (after being set) by every applied batch
         self._poll_s = poll_s
         self._batch = batch
         self.position = spaces.serving.index.watermark  # every change up to here is applied
@@ -57,6 +61,26 @@ class ChangeFollower:
     def handle(self, entity: str, handler: Handler) -> None:
         """Run `handler` (under the follower's lock) after a batch that changed `entity`."""
         self._handlers[entity] = handler
+
+    def on_capabilities_removed(self, listener: Callable[[list[str]], None]) -> None:
+        """Call `listener` with the ids of the capabilities a batch removed from the indexes."""
+        self._removal_listeners.append(listener)
+
+    def applied_event(self) -> asyncio.Event:
+        """Set once the next batch of changes has been applied (take it before reading the position)."""
+        return self._applied_event
+
+    def entities_after(self, position: int) -> set[str]:
+        """The kinds of change ("agent", "policy", ...) applied after `position`; {"unknown"} when that is
+        further back than this follower remembers."""
+        if self._batches and self._batches[0][0] > position and len(self._batches) == self._batches.maxlen:
+            return {"unknown"}
+        found: set[str] = set()
+        for applied_at, entities in reversed(self._batches):
+            if applied_at <= position:
+                break
+            found |= entities
+        return found
 
     def wake(self) -> None:
         """Something committed: read the log now rather than at the next poll."""
@@ -134,9 +158,13 @@ class ChangeFollower:
             spaces = self._spaces.live()
             known = {live.space.id: live.index.text_hashes(set(agents)) for live in spaces}
             states = await asyncio.to_thread(self._store.index_state, list(agents), known)
+            removed: set[str] = set()
             for live in spaces:
                 for agent_id, seq in agents.items():
-                    live.index.replace_agent(agent_id, states[live.space.id].get(agent_id, []), seq)
+                    removed.update(live.index.replace_agent(agent_id, states[live.space.id].get(agent_id, []), seq))
+            if removed:
+                for listener in self._removal_listeners:
+                    listener(sorted(removed))
         for entity in sorted(others):
             handler = self._handlers.get(entity)
             if handler is not None:
@@ -145,6 +173,9 @@ class ChangeFollower:
         self.position = rows[-1].seq
         for live in self._spaces.live():
             live.index.watermark = self.position
+        self._batches.append((self.position, frozenset(row.entity for row in rows)))
+        event, self._applied_event = self._applied_event, asyncio.Event()
+        event.set()
         log.debug("applied %d changes up to %d in %.1f ms", len(rows), self.position, _ms(started))
 
 

@@ -1,9 +1,10 @@
 """Outcome-aware routing: outcomes reported through ReportOutcome teach Discover which capability does well
 on which kind of task, per tenant and per vector space.
 
-- `OutcomeIndex`: in memory, per (space, tenant), the unit task vectors of past outcomes, their capability
-  and score. `votes` takes the k outcomes nearest to a task (cosine), weighs each by max(sim, 0)^4 and
-  gives each capability among them vote = sum(w * (2*score - 1)) / sum(w), in [-1, 1]. Loaded at start-up
+- `OutcomeIndex`: in memory, per (space, tenant), the unit task vectors of past outcomes, their capability,
+  score and latency, and each capability's running totals. `votes` takes the k outcomes nearest to a task
+  (cosine), weighs each by max(sim, 0)^4, and gives each capability among them its signed share of that
+  evidence plus a little of its overall rate (`Votes`). Loaded at start-up
   from the database and fed by the change-log follower (entity "outcome"), so every replica learns every
   outcome, the same way it learns every agent.
 - `DiscoverMemory`: which task a recent Discover answered (its discover_id), so an outcome can name it.
@@ -34,8 +35,95 @@ log = logging.getLogger(__name__)
 
 NEIGHBOURS = 10  # past outcomes that vote on a Discover
 WEIGHT_POWER = 4  # w = max(similarity, 0) ** WEIGHT_POWER: the nearest tasks count most
+PRIOR_SIMILARITY = 0.5  # a capability's overall rate weighs as much as one outcome at this similarity
+PRIOR_WEIGHT = PRIOR_SIMILARITY**WEIGHT_POWER
 MAX_COST_USD = 1_000_000.0
 MAX_LATENCY_MS = v.MAX_LATENCY_MS
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityRecord:
+    """A capability's outcomes for one tenant in one space: how many, their summed score, their summed
+    reported latency (and how many reported one)."""
+
+    count: int = 0
+    score_sum: float = 0.0
+    latency_count: int = 0
+    latency_sum_ms: float = 0.0
+
+    def changed(self, score: float, latency_ms: float | None, sign: int) -> CapabilityRecord:
+        has_latency = latency_ms is not None
+        return CapabilityRecord(
+            self.count + sign,
+            self.score_sum + sign * score,
+            self.latency_count + sign * has_latency,
+            self.latency_sum_ms + sign * (latency_ms or 0.0),
+        )
+
+    @property
+    def rate(self) -> float:
+        """The mean score shrunk toward 0.5 (Laplace): 0.5 with no outcomes, never exactly 0 or 1."""
+        return (self.score_sum + 1.0) / (self.count + 2.0)
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        return self.latency_sum_ms / self.latency_count if self.latency_count else None
+
+
+@dataclass(frozen=True, slots=True)
+class Votes:
+    """What past outcomes say about one task. The k outcomes nearest to it weigh w = max(similarity, 0) **
+    WEIGHT_POWER each, W in all. A capability c with outcomes among them votes
+
+        vote(c) = (sum of w * (2 * score - 1) over c's outcomes among them + m * (2 * rate(c) - 1)) / (W + m)
+
+    in [-1, 1]: its share of the neighbourhood's evidence, signed by how it did there, plus its overall
+    rate (its mean score for this tenant, shrunk toward 0.5) weighing m = PRIOR_SIMILARITY ** WEIGHT_POWER,
+    as much as one outcome of a task at that similarity. Near-identical tasks decide; where the evidence is
+    loose or split, how the capability does overall tips the balance (which is what lets a strong model
+    beat a cheap one that happened to do as well on a few neighbours). A capability with no outcomes near
+    the task votes 0: its overall rate says nothing about whether it fits this kind of task (for tools,
+    most outcomes are about fit, not strength)."""
+
+    evidence: dict[str, float]  # capability -> sum of w * (2 * score - 1) over its outcomes among the k
+    total_weight: float  # W
+    records: dict[str, CapabilityRecord]
+    prior_weight: float
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+    @property
+    def neighbours(self) -> set[str]:
+        """The capabilities with outcomes among the task's nearest."""
+        return set(self.evidence)
+
+    def of(self, capability_id: str) -> float:
+        record = self.records.get(capability_id)
+        evidence = self.evidence.get(capability_id)
+        if record is None or evidence is None:
+            return 0.0
+        prior = self.prior_weight * (2.0 * record.rate - 1.0)
+        return (evidence + prior) / (self.total_weight + self.prior_weight)
+
+    def count(self, capability_id: str) -> int:
+        record = self.records.get(capability_id)
+        return record.count if record is not None else 0
+
+    def mean_latency_ms(self, capability_id: str) -> float | None:
+        record = self.records.get(capability_id)
+        return record.mean_latency_ms if record is not None else None
+
+
+NO_VOTES = Votes({}, 0.0, {}, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class KeptOutcome:
+    capability_id: str
+    score: float
+    latency_ms: float | None
+    unit: npt.NDArray[np.float32]
 
 
 class TenantOutcomes:
@@ -44,8 +132,9 @@ class TenantOutcomes:
     def __init__(self, dim: int, max_per_capability: int):
         self._dim = dim
         self._max = max_per_capability
-        self._items: dict[str, tuple[str, float, npt.NDArray[np.float32]]] = {}  # id -> (capability, score, unit)
+        self._items: dict[str, KeptOutcome] = {}
         self._by_capability: dict[str, deque[str]] = {}
+        self.records: dict[str, CapabilityRecord] = {}
         self._matrix: npt.NDArray[np.float32] | None = None
         self._caps: list[str] = []
         self._scores: npt.NDArray[np.float64] = np.zeros(0)
@@ -53,38 +142,58 @@ class TenantOutcomes:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, outcome_id: str, capability_id: str, score: float, vector: npt.NDArray[np.float32]) -> None:
+    def add(
+        self,
+        outcome_id: str,
+        capability_id: str,
+        score: float,
+        vector: npt.NDArray[np.float32],
+        latency_ms: float | None = None,
+    ) -> None:
         if outcome_id in self._items or vector.shape != (self._dim,):
             return
         norm = float(np.linalg.norm(vector))
         if not norm > 0 or not math.isfinite(norm):
             return
-        self._items[outcome_id] = (capability_id, score, (vector / norm).astype(np.float32))
+        self._items[outcome_id] = KeptOutcome(capability_id, score, latency_ms, (vector / norm).astype(np.float32))
+        self._count(capability_id, score, latency_ms, +1)
         kept = self._by_capability.setdefault(capability_id, deque())
         kept.append(outcome_id)
         while len(kept) > self._max:
-            self._items.pop(kept.popleft(), None)
+            dropped = self._items.pop(kept.popleft())
+            self._count(capability_id, dropped.score, dropped.latency_ms, -1)
         self._matrix = None
 
-    def votes(self, query: npt.NDArray[np.float32], k: int) -> dict[str, float]:
+    def forget(self, capability_id: str) -> None:
+        """A removed capability's outcomes: its id is never reused, so they can only mislead."""
+        for outcome_id in self._by_capability.pop(capability_id, ()):
+            self._items.pop(outcome_id, None)
+        if self.records.pop(capability_id, None) is not None:
+            self._matrix = None
+
+    def _count(self, capability_id: str, score: float, latency_ms: float | None, sign: int) -> None:
+        record = self.records.get(capability_id, CapabilityRecord()).changed(score, latency_ms, sign)
+        if record.count:
+            self.records[capability_id] = record
+        else:
+            self.records.pop(capability_id, None)
+
+    def votes(self, query: npt.NDArray[np.float32], k: int) -> Votes:
         if not self._items:
-            return {}
+            return NO_VOTES
         if self._matrix is None:
             values = list(self._items.values())
-            self._caps = [cap for cap, _, _ in values]
-            self._scores = np.array([score for _, score, _ in values], dtype=np.float64)
-            self._matrix = np.stack([vec for _, _, vec in values])
+            self._caps = [kept.capability_id for kept in values]
+            self._scores = np.array([kept.score for kept in values], dtype=np.float64)
+            self._matrix = np.stack([kept.unit for kept in values])
         sims = self._matrix @ query
         nearest = np.argpartition(-sims, k)[:k] if len(sims) > k else np.arange(len(sims))
         weights = np.maximum(sims[nearest].astype(np.float64), 0.0) ** WEIGHT_POWER
-        total = float(weights.sum())
         found: dict[str, float] = {}
         for row, weight in zip(nearest.tolist(), weights.tolist(), strict=True):
             cap = self._caps[row]
             found[cap] = found.get(cap, 0.0) + weight * (2.0 * float(self._scores[row]) - 1.0)
-        if total <= 0.0:
-            return dict.fromkeys(found, 0.0)
-        return {cap: vote / total for cap, vote in found.items()}
+        return Votes(found, float(weights.sum()), dict(self.records), PRIOR_WEIGHT)
 
 
 class OutcomeIndex:
@@ -101,23 +210,28 @@ class OutcomeIndex:
         outcomes = tenants.get(row.tenant)
         if outcomes is None:
             outcomes = tenants[row.tenant] = TenantOutcomes(row.task_vector.shape[0], self._max)
-        outcomes.add(row.id, row.capability_id, row.score, row.task_vector)
+        outcomes.add(row.id, row.capability_id, row.score, row.task_vector, row.latency_ms)
+
+    def forget(self, capability_ids: list[str]) -> None:
+        """Capabilities that were removed or replaced: their outcomes leave every space and tenant."""
+        for tenants in self._spaces.values():
+            for outcomes in tenants.values():
+                for capability_id in capability_ids:
+                    outcomes.forget(capability_id)
 
     def count(self, space_id: int, tenant: str) -> int:
         found = self._spaces.get(space_id, {}).get(tenant)
         return len(found) if found is not None else 0
 
-    def votes(
-        self, space_id: int, tenant: str, query: npt.NDArray[np.float32], k: int = NEIGHBOURS
-    ) -> dict[str, float]:
-        """capability id -> vote in [-1, 1], for the capabilities of the k past outcomes nearest to `query`
-        (this tenant's, in this space); empty with no outcomes (cold start)."""
+    def votes(self, space_id: int, tenant: str, query: npt.NDArray[np.float32], k: int = NEIGHBOURS) -> Votes:
+        """What this tenant's past outcomes in this space say about `query` (see `Votes`); empty (false)
+        with no outcomes, the cold start."""
         found = self._spaces.get(space_id, {}).get(tenant)
         if found is None:
-            return {}
+            return NO_VOTES
         norm = float(np.linalg.norm(query))
         if not norm > 0 or not math.isfinite(norm):
-            return {}
+            return NO_VOTES
         return found.votes((query / norm).astype(np.float32), k)
 
     async def load(self, space_ids: list[int]) -> None:

@@ -46,6 +46,7 @@ class OutcomeRow:
     space_id: int
     task_vector: npt.NDArray[np.float32]
     score: float
+    latency_ms: float | None = None
 
 
 class OutcomeStore:
@@ -142,6 +143,7 @@ def _select() -> Select[Any]:
         t.outcomes.c.space_id,
         t.outcomes.c.task_vector,
         t.outcomes.c.score,
+        t.outcomes.c.latency_ms,
     )
 
 
@@ -154,6 +156,7 @@ def _rows(result: Iterable[Row[Any]]) -> list[OutcomeRow]:
             int(r.space_id),
             np.frombuffer(r.task_vector, dtype="<f4").astype(np.float32),
             float(r.score),
+            float(r.latency_ms) if r.latency_ms is not None else None,
         )
         for r in result
     ]

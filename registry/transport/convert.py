@@ -244,6 +244,8 @@ def discover_query_from_proto(msg: discovery_pb2.DiscoverRequest) -> DiscoverQue
         budget_id=msg.budget_id,
         min_seq=msg.min_seq,
         cost_preference=msg.cost_preference,
+        latency_preference=msg.latency_preference,
+        exploration_rate=msg.exploration_rate,
     )
 
 

@@ -30,6 +30,7 @@ from registry.service.key_service import KeyService
 from registry.service.outcomes import OutcomeService
 from registry.service.policy_service import PolicyService
 from registry.service.registry_service import RegistryService
+from registry.service.watch import DiscoverWatches
 from registry.transport.admin_servicer import AdminServicer
 from registry.transport.auth import AuthInterceptor
 from registry.transport.budget_servicer import BudgetServicer
@@ -62,6 +63,7 @@ class GrpcServer:
         keys: KeyService,
         admin: AdminService,
         outcomes: OutcomeService,
+        watches: DiscoverWatches | None = None,
         authenticate: bool = True,
         limits: ServerLimits | None = None,
     ):
@@ -81,7 +83,7 @@ class GrpcServer:
             ],
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), self.server)
-        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryServicer(discovery), self.server)
+        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryServicer(discovery, watches), self.server)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), self.server)
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(budgets), self.server)
         keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys), self.server)

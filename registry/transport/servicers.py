@@ -10,10 +10,11 @@ from typing import Any
 import grpc
 from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
 
-from registry.domain.errors import InvalidArgument
-from registry.domain.models import AgentRef
+from registry.domain.errors import FailedPrecondition, InvalidArgument
+from registry.domain.models import AgentRef, DiscoverQuery
 from registry.service.discovery_service import DiscoveryService
 from registry.service.registry_service import RegistryService
+from registry.service.watch import DiscoverWatches
 from registry.transport import convert
 from registry.transport.auth import current_identity, scoped_ref_tenant, scoped_tenant
 
@@ -120,15 +121,37 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
 
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
-    def __init__(self, service: DiscoveryService):
+    def __init__(self, service: DiscoveryService, watches: DiscoverWatches | None = None):
         self._service = service
+        self._watches = watches
         self._capabilities = convert.CapabilityProtoCache()
 
     async def Discover(
         self, request: discovery_pb2.DiscoverRequest, context: Context
     ) -> discovery_pb2.DiscoverResponse:
-        identity = current_identity()
-        query = convert.discover_query_from_proto(request)
-        query = replace(query, tenant=scoped_tenant(query.tenant), principal=identity.name, roles=identity.roles)
-        result = await self._service.discover(query)
+        result = await self._service.discover(_caller_query(request))
         return convert.discover_result_to_proto(result, self._capabilities)
+
+    async def WatchDiscover(
+        self, request: discovery_pb2.WatchDiscoverRequest, context: Context
+    ) -> AsyncIterator[discovery_pb2.WatchDiscoverResponse]:
+        if self._watches is None:
+            raise FailedPrecondition("this server runs no change follower, so it cannot watch")
+        updates = self._watches.watch(
+            _caller_query(request.discover),
+            last_digest=request.last_answer_digest,
+            coalesce_ms=request.coalesce_ms,
+        )
+        async for update in updates:
+            yield discovery_pb2.WatchDiscoverResponse(
+                answer=convert.discover_result_to_proto(update.result, self._capabilities),
+                answer_digest=update.digest,
+                reasons=update.reasons,
+            )
+
+
+def _caller_query(request: discovery_pb2.DiscoverRequest) -> DiscoverQuery:
+    """The request as a query, in the caller's tenant, with who is asking (for policies)."""
+    identity = current_identity()
+    query = convert.discover_query_from_proto(request)
+    return replace(query, tenant=scoped_tenant(query.tenant), principal=identity.name, roles=identity.roles)

@@ -18,6 +18,7 @@ from capreg_client.errors import (
     NotFoundError,
     UnavailableError,
 )
+from capreg_client.requests import discover as discover_request
 
 __all__ = [
     "Agent",
@@ -34,4 +35,5 @@ __all__ = [
     "Match",
     "NotFoundError",
     "UnavailableError",
+    "discover_request",
 ]

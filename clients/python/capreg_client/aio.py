@@ -168,6 +168,8 @@ class AsyncCapregClient:
         roles: Sequence[str] = (),
         min_seq: int = 0,
         cost_preference: float | None = None,
+        latency_preference: float | None = None,
+        exploration_rate: float | None = None,
         timeout: float | None = None,
     ) -> discovery_pb2.DiscoverResponse:
         """`principal` and `roles` say who is asking, for policies (sent as metadata). `min_seq`: a write's
@@ -185,6 +187,8 @@ class AsyncCapregClient:
             budget_id=budget_id,
             min_seq=min_seq,
             cost_preference=cost_preference,
+            latency_preference=latency_preference,
+            exploration_rate=exploration_rate,
         )
         return await self._call(
             self._discovery.Discover, request, timeout, metadata=requests.caller_metadata(principal, roles)
@@ -229,6 +233,31 @@ class AsyncCapregClient:
         self, request: discovery_pb2.DiscoverRequest, *, timeout: float | None = None
     ) -> discovery_pb2.DiscoverResponse:
         return await self._call(self._discovery.Discover, request, timeout)
+
+    async def watch_discover(
+        self,
+        request: discovery_pb2.DiscoverRequest,
+        *,
+        last_answer_digest: str = "",
+        coalesce_ms: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[discovery_pb2.WatchDiscoverResponse]:
+        """The answer to `request`, then each new answer as it changes (see CapregClient.watch_discover)."""
+        call = self._discovery.WatchDiscover(
+            discovery_pb2.WatchDiscoverRequest(
+                discover=request, last_answer_digest=last_answer_digest, coalesce_ms=coalesce_ms
+            ),
+            metadata=self._auth,
+            timeout=timeout,
+        )
+        try:
+            async for answer in call:
+                yield answer
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

@@ -199,6 +199,8 @@ class CapregClient:
         roles: Sequence[str] = (),
         min_seq: int = 0,
         cost_preference: float | None = None,
+        latency_preference: float | None = None,
+        exploration_rate: float | None = None,
         timeout: float | None = None,
     ) -> discovery_pb2.DiscoverResponse:
         """`principal` and `roles` say who is asking, for policies (sent as metadata). `min_seq`: a write's
@@ -216,6 +218,8 @@ class CapregClient:
             budget_id=budget_id,
             min_seq=min_seq,
             cost_preference=cost_preference,
+            latency_preference=latency_preference,
+            exploration_rate=exploration_rate,
         )
         return self._call(
             self._discovery.Discover, request, timeout, metadata=requests.caller_metadata(principal, roles)
@@ -276,6 +280,26 @@ class CapregClient:
     def create_space(self, name: str, model: str, template: str, *, timeout: float | None = None) -> admin_pb2.Space:
         request = admin_pb2.CreateSpaceRequest(name=name, model=model, template=template)
         return self._call(self._admin.CreateSpace, request, timeout)
+
+    def watch_discover(
+        self,
+        request: discovery_pb2.DiscoverRequest,
+        *,
+        last_answer_digest: str = "",
+        coalesce_ms: int = 0,
+        timeout: float | None = None,
+    ) -> DiscoverWatch:
+        """The answer to `request` (build it with `capreg_client.discover_request`), then each new answer as
+        it changes. `cancel()` (from any thread) or leaving its `with` block ends the watch; to resume, pass
+        the last answer_digest received. `timeout` bounds the whole watch (None: until cancelled)."""
+        call = self._discovery.WatchDiscover(
+            discovery_pb2.WatchDiscoverRequest(
+                discover=request, last_answer_digest=last_answer_digest, coalesce_ms=coalesce_ms
+            ),
+            metadata=self._auth,
+            timeout=timeout,
+        )
+        return DiscoverWatch(call)
 
     def backfill_space(self, name: str, *, batch_size: int = 0) -> Iterator[admin_pb2.BackfillProgress]:
         """Stream the backfill's progress; closing the iterator stops it (a later call resumes)."""
@@ -488,3 +512,31 @@ class CapregClient:
     ) -> list[keys_pb2.AuditEntry]:
         request = keys_pb2.ListAuditRequest(tenant=tenant, limit=limit, before_id=before_id)
         return list((self._call(self._audit.ListAudit, request, timeout)).entries)
+
+
+class DiscoverWatch:
+    """An open WatchDiscover stream: iterate it for answers; `cancel()` may be called from any thread."""
+
+    def __init__(self, call: Any):
+        self._call = call
+
+    def __iter__(self) -> DiscoverWatch:
+        return self
+
+    def __next__(self) -> discovery_pb2.WatchDiscoverResponse:
+        try:
+            answer: discovery_pb2.WatchDiscoverResponse = next(self._call)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise from_rpc_error(error) from None
+        return answer
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __enter__(self) -> DiscoverWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()

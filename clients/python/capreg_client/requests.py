@@ -74,6 +74,8 @@ def discover(
     budget_id: str = "",
     min_seq: int = 0,
     cost_preference: float | None = None,
+    latency_preference: float | None = None,
+    exploration_rate: float | None = None,
 ) -> discovery_pb2.DiscoverRequest:
     if (text is None) == (vector is None):
         raise ValueError("give exactly one of text or vector")
@@ -97,6 +99,10 @@ def discover(
         request.estimated_output_tokens = estimated_output_tokens
     if cost_preference is not None:
         request.cost_preference = cost_preference
+    if latency_preference is not None:
+        request.latency_preference = latency_preference
+    if exploration_rate is not None:
+        request.exploration_rate = exploration_rate
     return request
 
 

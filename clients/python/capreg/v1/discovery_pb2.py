@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from capreg.v1 import agent_pb2 as capreg_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61preg/v1/discovery.proto\x12\tcapreg.v1\x1a\x15\x63\x61preg/v1/agent.proto\"\x9c\x03\n\x0f\x44iscoverFilters\x12#\n\x05kinds\x18\x01 \x03(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08tags_all\x18\x02 \x03(\t\x12\x10\n\x08tags_any\x18\x03 \x03(\t\x12\x0f\n\x07regions\x18\x04 \x03(\t\x12\x13\n\x0binput_modes\x18\x05 \x03(\t\x12\x14\n\x0coutput_modes\x18\x06 \x03(\t\x12\x19\n\x0cmax_cost_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0emax_latency_ms\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmin_quality\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.capreg.v1.DiscoverFilters.LabelsEntry\x12\x17\n\x0f\x63\x61pability_name\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_max_cost_usdB\x11\n\x0f_max_latency_msB\x0e\n\x0c_min_quality\"\xfd\x03\n\x0f\x44iscoverRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12#\n\x06vector\x18\x03 \x01(\x0b\x32\x11.capreg.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12+\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x1a.capreg.v1.DiscoverFilters\x12\x14\n\x0cvector_space\x18\x06 \x01(\t\x12#\n\x16\x65stimated_input_tokens\x18\x07 \x01(\rH\x01\x88\x01\x01\x12$\n\x17\x65stimated_output_tokens\x18\x08 \x01(\rH\x02\x88\x01\x01\x12?\n\x0btask_labels\x18\t \x03(\x0b\x32*.capreg.v1.DiscoverRequest.TaskLabelsEntry\x12\x11\n\tbudget_id\x18\n \x01(\t\x12\x0f\n\x07min_seq\x18\x0b \x01(\x03\x12\x1c\n\x0f\x63ost_preference\x18\x0c \x01(\x01H\x03\x88\x01\x01\x1a\x31\n\x0fTaskLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05queryB\x19\n\x17_estimated_input_tokensB\x1a\n\x18_estimated_output_tokensB\x12\n\x10_cost_preference\"8\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\xe5\x02\n\x05Match\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12)\n\ncapability\x18\x06 \x01(\x0b\x32\x15.capreg.v1.Capability\x12\x12\n\nsimilarity\x18\x07 \x01(\x01\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x1a\n\x12\x65stimated_cost_usd\x18\t \x01(\x01\x12)\n\x0bscore_terms\x18\n \x03(\x0b\x32\x14.capreg.v1.ScoreTerm\x12,\n\x06labels\x18\x0b \x03(\x0b\x32\x1c.capreg.v1.Match.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"*\n\tExclusion\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xca\x01\n\x0b\x45xplanation\x12\x18\n\x10\x63\x61ndidates_total\x18\x01 \x01(\x03\x12\x1a\n\x12\x63\x61ndidates_allowed\x18\x02 \x01(\x03\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\'\n\x07timings\x18\x04 \x03(\x0b\x32\x16.capreg.v1.StageTiming\x12(\n\nexclusions\x18\x05 \x03(\x0b\x32\x14.capreg.v1.Exclusion\x12\x0f\n\x07hnsw_ef\x18\x06 \x01(\x05\x12\x13\n\x0bhnsw_rounds\x18\x07 \x01(\x05\"\xa0\x01\n\x10\x44iscoverResponse\x12!\n\x07matches\x18\x01 \x03(\x0b\x32\x10.capreg.v1.Match\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.capreg.v1.Explanation\x12\x14\n\x0cvector_space\x18\x03 \x01(\t\x12\x11\n\twatermark\x18\x04 \x01(\x03\x12\x13\n\x0b\x64iscover_id\x18\x05 \x01(\t2W\n\x10\x44iscoveryService\x12\x43\n\x08\x44iscover\x12\x1a.capreg.v1.DiscoverRequest\x1a\x1b.capreg.v1.DiscoverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61preg/v1/discovery.proto\x12\tcapreg.v1\x1a\x15\x63\x61preg/v1/agent.proto\"\x9c\x03\n\x0f\x44iscoverFilters\x12#\n\x05kinds\x18\x01 \x03(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08tags_all\x18\x02 \x03(\t\x12\x10\n\x08tags_any\x18\x03 \x03(\t\x12\x0f\n\x07regions\x18\x04 \x03(\t\x12\x13\n\x0binput_modes\x18\x05 \x03(\t\x12\x14\n\x0coutput_modes\x18\x06 \x03(\t\x12\x19\n\x0cmax_cost_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0emax_latency_ms\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmin_quality\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.capreg.v1.DiscoverFilters.LabelsEntry\x12\x17\n\x0f\x63\x61pability_name\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_max_cost_usdB\x11\n\x0f_max_latency_msB\x0e\n\x0c_min_quality\"\xe9\x04\n\x0f\x44iscoverRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12#\n\x06vector\x18\x03 \x01(\x0b\x32\x11.capreg.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12+\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x1a.capreg.v1.DiscoverFilters\x12\x14\n\x0cvector_space\x18\x06 \x01(\t\x12#\n\x16\x65stimated_input_tokens\x18\x07 \x01(\rH\x01\x88\x01\x01\x12$\n\x17\x65stimated_output_tokens\x18\x08 \x01(\rH\x02\x88\x01\x01\x12?\n\x0btask_labels\x18\t \x03(\x0b\x32*.capreg.v1.DiscoverRequest.TaskLabelsEntry\x12\x11\n\tbudget_id\x18\n \x01(\t\x12\x0f\n\x07min_seq\x18\x0b \x01(\x03\x12\x1c\n\x0f\x63ost_preference\x18\x0c \x01(\x01H\x03\x88\x01\x01\x12\x1f\n\x12latency_preference\x18\r \x01(\x01H\x04\x88\x01\x01\x12\x1d\n\x10\x65xploration_rate\x18\x0e \x01(\x01H\x05\x88\x01\x01\x1a\x31\n\x0fTaskLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05queryB\x19\n\x17_estimated_input_tokensB\x1a\n\x18_estimated_output_tokensB\x12\n\x10_cost_preferenceB\x15\n\x13_latency_preferenceB\x13\n\x11_exploration_rate\"8\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\xe5\x02\n\x05Match\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.capreg.v1.AgentKind\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12)\n\ncapability\x18\x06 \x01(\x0b\x32\x15.capreg.v1.Capability\x12\x12\n\nsimilarity\x18\x07 \x01(\x01\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x1a\n\x12\x65stimated_cost_usd\x18\t \x01(\x01\x12)\n\x0bscore_terms\x18\n \x03(\x0b\x32\x14.capreg.v1.ScoreTerm\x12,\n\x06labels\x18\x0b \x03(\x0b\x32\x1c.capreg.v1.Match.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"*\n\tExclusion\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xca\x01\n\x0b\x45xplanation\x12\x18\n\x10\x63\x61ndidates_total\x18\x01 \x01(\x03\x12\x1a\n\x12\x63\x61ndidates_allowed\x18\x02 \x01(\x03\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\'\n\x07timings\x18\x04 \x03(\x0b\x32\x16.capreg.v1.StageTiming\x12(\n\nexclusions\x18\x05 \x03(\x0b\x32\x14.capreg.v1.Exclusion\x12\x0f\n\x07hnsw_ef\x18\x06 \x01(\x05\x12\x13\n\x0bhnsw_rounds\x18\x07 \x01(\x05\"\xa0\x01\n\x10\x44iscoverResponse\x12!\n\x07matches\x18\x01 \x03(\x0b\x32\x10.capreg.v1.Match\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.capreg.v1.Explanation\x12\x14\n\x0cvector_space\x18\x03 \x01(\t\x12\x11\n\twatermark\x18\x04 \x01(\x03\x12\x13\n\x0b\x64iscover_id\x18\x05 \x01(\t\"u\n\x14WatchDiscoverRequest\x12,\n\x08\x64iscover\x18\x01 \x01(\x0b\x32\x1a.capreg.v1.DiscoverRequest\x12\x1a\n\x12last_answer_digest\x18\x02 \x01(\t\x12\x13\n\x0b\x63oalesce_ms\x18\x03 \x01(\r\"l\n\x15WatchDiscoverResponse\x12+\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x1b.capreg.v1.DiscoverResponse\x12\x15\n\ranswer_digest\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t2\xad\x01\n\x10\x44iscoveryService\x12\x43\n\x08\x44iscover\x12\x1a.capreg.v1.DiscoverRequest\x1a\x1b.capreg.v1.DiscoverResponse\x12T\n\rWatchDiscover\x12\x1f.capreg.v1.WatchDiscoverRequest\x1a .capreg.v1.WatchDiscoverResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISCOVERFILTERS_LABELSENTRY']._serialized_start=379
   _globals['_DISCOVERFILTERS_LABELSENTRY']._serialized_end=424
   _globals['_DISCOVERREQUEST']._serialized_start=479
-  _globals['_DISCOVERREQUEST']._serialized_end=988
-  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_start=855
-  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_end=904
-  _globals['_SCORETERM']._serialized_start=990
-  _globals['_SCORETERM']._serialized_end=1046
-  _globals['_MATCH']._serialized_start=1049
-  _globals['_MATCH']._serialized_end=1406
+  _globals['_DISCOVERREQUEST']._serialized_end=1096
+  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_start=919
+  _globals['_DISCOVERREQUEST_TASKLABELSENTRY']._serialized_end=968
+  _globals['_SCORETERM']._serialized_start=1098
+  _globals['_SCORETERM']._serialized_end=1154
+  _globals['_MATCH']._serialized_start=1157
+  _globals['_MATCH']._serialized_end=1514
   _globals['_MATCH_LABELSENTRY']._serialized_start=379
   _globals['_MATCH_LABELSENTRY']._serialized_end=424
-  _globals['_STAGETIMING']._serialized_start=1408
-  _globals['_STAGETIMING']._serialized_end=1448
-  _globals['_EXCLUSION']._serialized_start=1450
-  _globals['_EXCLUSION']._serialized_end=1492
-  _globals['_EXPLANATION']._serialized_start=1495
-  _globals['_EXPLANATION']._serialized_end=1697
-  _globals['_DISCOVERRESPONSE']._serialized_start=1700
-  _globals['_DISCOVERRESPONSE']._serialized_end=1860
-  _globals['_DISCOVERYSERVICE']._serialized_start=1862
-  _globals['_DISCOVERYSERVICE']._serialized_end=1949
+  _globals['_STAGETIMING']._serialized_start=1516
+  _globals['_STAGETIMING']._serialized_end=1556
+  _globals['_EXCLUSION']._serialized_start=1558
+  _globals['_EXCLUSION']._serialized_end=1600
+  _globals['_EXPLANATION']._serialized_start=1603
+  _globals['_EXPLANATION']._serialized_end=1805
+  _globals['_DISCOVERRESPONSE']._serialized_start=1808
+  _globals['_DISCOVERRESPONSE']._serialized_end=1968
+  _globals['_WATCHDISCOVERREQUEST']._serialized_start=1970
+  _globals['_WATCHDISCOVERREQUEST']._serialized_end=2087
+  _globals['_WATCHDISCOVERRESPONSE']._serialized_start=2089
+  _globals['_WATCHDISCOVERRESPONSE']._serialized_end=2197
+  _globals['_DISCOVERYSERVICE']._serialized_start=2200
+  _globals['_DISCOVERYSERVICE']._serialized_end=2373
 # @@protoc_insertion_point(module_scope)

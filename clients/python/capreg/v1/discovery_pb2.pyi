@@ -159,6 +159,8 @@ class DiscoverRequest(_message.Message):
     BUDGET_ID_FIELD_NUMBER: _builtins.int
     MIN_SEQ_FIELD_NUMBER: _builtins.int
     COST_PREFERENCE_FIELD_NUMBER: _builtins.int
+    LATENCY_PREFERENCE_FIELD_NUMBER: _builtins.int
+    EXPLORATION_RATE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """"default" when empty"""
     text: _builtins.str
@@ -181,6 +183,17 @@ class DiscoverRequest(_message.Message):
     cost_preference: _builtins.float
     """0 (the default): rank by quality only; 1: by cost only; between: the blend
     (1-a)*quality + a*(1 - cost / the highest cost among the candidates).
+    """
+    latency_preference: _builtins.float
+    """Weight of speed, like cost_preference: the blend becomes
+    (1-a-b)*quality + a*cheapness + b*(1 - latency / the highest latency among
+    the candidates), latency being the mean this tenant reported through
+    ReportOutcome, else the declared latency_p50_ms (unknown: 0.5). a+b <= 1.
+    """
+    exploration_rate: _builtins.float
+    """Probability in [0, 1] of putting first, among the answer's top_k, the
+    capability with the fewest reported outcomes (under 20), so that new
+    agents get tried; its score terms then include "exploration". 0: never.
     """
     @_builtins.property
     def vector(self) -> _agent_pb2.Vector:
@@ -207,10 +220,12 @@ class DiscoverRequest(_message.Message):
         budget_id: _builtins.str = ...,
         min_seq: _builtins.int = ...,
         cost_preference: _builtins.float | None = ...,
+        latency_preference: _builtins.float | None = ...,
+        exploration_rate: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference", "_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "cost_preference", b"cost_preference", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference", "_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "_exploration_rate", b"_exploration_rate", "_latency_preference", b"_latency_preference", "cost_preference", b"cost_preference", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "exploration_rate", b"exploration_rate", "filters", b"filters", "latency_preference", b"latency_preference", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference", "_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "budget_id", b"budget_id", "cost_preference", b"cost_preference", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "filters", b"filters", "min_seq", b"min_seq", "query", b"query", "task_labels", b"task_labels", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference", "_estimated_input_tokens", b"_estimated_input_tokens", "_estimated_output_tokens", b"_estimated_output_tokens", "_exploration_rate", b"_exploration_rate", "_latency_preference", b"_latency_preference", "budget_id", b"budget_id", "cost_preference", b"cost_preference", "estimated_input_tokens", b"estimated_input_tokens", "estimated_output_tokens", b"estimated_output_tokens", "exploration_rate", b"exploration_rate", "filters", b"filters", "latency_preference", b"latency_preference", "min_seq", b"min_seq", "query", b"query", "task_labels", b"task_labels", "tenant", b"tenant", "text", b"text", "top_k", b"top_k", "vector", b"vector", "vector_space", b"vector_space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_preference: _TypeAlias = _typing.Literal["cost_preference"]  # noqa: Y015
     _WhichOneofArgType__cost_preference: _TypeAlias = _typing.Literal["_cost_preference", b"_cost_preference"]  # noqa: Y015
@@ -218,6 +233,10 @@ class DiscoverRequest(_message.Message):
     _WhichOneofArgType__estimated_input_tokens: _TypeAlias = _typing.Literal["_estimated_input_tokens", b"_estimated_input_tokens"]  # noqa: Y015
     _WhichOneofReturnType__estimated_output_tokens: _TypeAlias = _typing.Literal["estimated_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__estimated_output_tokens: _TypeAlias = _typing.Literal["_estimated_output_tokens", b"_estimated_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__exploration_rate: _TypeAlias = _typing.Literal["exploration_rate"]  # noqa: Y015
+    _WhichOneofArgType__exploration_rate: _TypeAlias = _typing.Literal["_exploration_rate", b"_exploration_rate"]  # noqa: Y015
+    _WhichOneofReturnType__latency_preference: _TypeAlias = _typing.Literal["latency_preference"]  # noqa: Y015
+    _WhichOneofArgType__latency_preference: _TypeAlias = _typing.Literal["_latency_preference", b"_latency_preference"]  # noqa: Y015
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["text", "vector"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     @_typing.overload
@@ -226,6 +245,10 @@ class DiscoverRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_input_tokens) -> _WhichOneofReturnType__estimated_input_tokens | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_output_tokens) -> _WhichOneofReturnType__estimated_output_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exploration_rate) -> _WhichOneofReturnType__exploration_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_preference) -> _WhichOneofReturnType__latency_preference | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
@@ -457,3 +480,75 @@ class DiscoverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscoverResponse: _TypeAlias = DiscoverResponse  # noqa: Y015
+
+@_typing.final
+class WatchDiscoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISCOVER_FIELD_NUMBER: _builtins.int
+    LAST_ANSWER_DIGEST_FIELD_NUMBER: _builtins.int
+    COALESCE_MS_FIELD_NUMBER: _builtins.int
+    last_answer_digest: _builtins.str
+    """To resume after a broken stream: the answer_digest of the last answer
+    received. The first answer is then sent only if it differs.
+    """
+    coalesce_ms: _builtins.int
+    """Changes within this window after the first are sent as one answer;
+    100 when 0, at most 10000.
+    """
+    @_builtins.property
+    def discover(self) -> Global___DiscoverRequest:
+        """The question, as for Discover (its min_seq holds back the first answer
+        until this server reflects that token).
+        """
+
+    def __init__(
+        self,
+        *,
+        discover: Global___DiscoverRequest | None = ...,
+        last_answer_digest: _builtins.str = ...,
+        coalesce_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["discover", b"discover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesce_ms", b"coalesce_ms", "discover", b"discover", "last_answer_digest", b"last_answer_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDiscoverRequest: _TypeAlias = WatchDiscoverRequest  # noqa: Y015
+
+@_typing.final
+class WatchDiscoverResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ANSWER_DIGEST_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    answer_digest: _builtins.str
+    """A fingerprint of what the answer says (matches, their order, agents,
+    status, endpoints, scores rounded), not of its timings; equal digests:
+    equal answers.
+    """
+    @_builtins.property
+    def answer(self) -> Global___DiscoverResponse: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What changed since the previous answer: "initial", or change-log
+        entities ("agent", "policy", "tenant", "budget", "space", "outcome")
+        and "lease" (a lease expired).
+        """
+
+    def __init__(
+        self,
+        *,
+        answer: Global___DiscoverResponse | None = ...,
+        answer_digest: _builtins.str = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_digest", b"answer_digest", "reasons", b"reasons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDiscoverResponse: _TypeAlias = WatchDiscoverResponse  # noqa: Y015

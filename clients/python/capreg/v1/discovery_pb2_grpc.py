@@ -39,6 +39,11 @@ class DiscoveryServiceStub:
                 request_serializer=capreg_dot_v1_dot_discovery__pb2.DiscoverRequest.SerializeToString,
                 response_deserializer=capreg_dot_v1_dot_discovery__pb2.DiscoverResponse.FromString,
                 _registered_method=True)
+        self.WatchDiscover = channel.unary_stream(
+                '/capreg.v1.DiscoveryService/WatchDiscover',
+                request_serializer=capreg_dot_v1_dot_discovery__pb2.WatchDiscoverRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_discovery__pb2.WatchDiscoverResponse.FromString,
+                _registered_method=True)
 
 
 class DiscoveryServiceServicer:
@@ -50,6 +55,16 @@ class DiscoveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDiscover(self, request, context):
+        """Discover, then a new answer each time it changes (an agent registered,
+        changed, drained or expired, a policy, tenant or budget changed, a vector
+        space promoted), bursts coalesced. The stream stays open until the caller
+        cancels it or its deadline passes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DiscoveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +72,11 @@ def add_DiscoveryServiceServicer_to_server(servicer, server):
                     servicer.Discover,
                     request_deserializer=capreg_dot_v1_dot_discovery__pb2.DiscoverRequest.FromString,
                     response_serializer=capreg_dot_v1_dot_discovery__pb2.DiscoverResponse.SerializeToString,
+            ),
+            'WatchDiscover': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDiscover,
+                    request_deserializer=capreg_dot_v1_dot_discovery__pb2.WatchDiscoverRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_discovery__pb2.WatchDiscoverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +106,33 @@ class DiscoveryService:
             '/capreg.v1.DiscoveryService/Discover',
             capreg_dot_v1_dot_discovery__pb2.DiscoverRequest.SerializeToString,
             capreg_dot_v1_dot_discovery__pb2.DiscoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDiscover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/capreg.v1.DiscoveryService/WatchDiscover',
+            capreg_dot_v1_dot_discovery__pb2.WatchDiscoverRequest.SerializeToString,
+            capreg_dot_v1_dot_discovery__pb2.WatchDiscoverResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,11 +32,23 @@ class DiscoveryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DiscoveryServiceAsyncStub: ...
     Discover: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.DiscoverRequest, _discovery_pb2.DiscoverResponse]
+    WatchDiscover: _grpc.UnaryStreamMultiCallable[_discovery_pb2.WatchDiscoverRequest, _discovery_pb2.WatchDiscoverResponse]
+    """Discover, then a new answer each time it changes (an agent registered,
+    changed, drained or expired, a policy, tenant or budget changed, a vector
+    space promoted), bursts coalesced. The stream stays open until the caller
+    cancels it or its deadline passes.
+    """
 
 @_typing.type_check_only
 class DiscoveryServiceAsyncStub(DiscoveryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Discover: _aio.UnaryUnaryMultiCallable[_discovery_pb2.DiscoverRequest, _discovery_pb2.DiscoverResponse]  # type: ignore[assignment]
+    WatchDiscover: _aio.UnaryStreamMultiCallable[_discovery_pb2.WatchDiscoverRequest, _discovery_pb2.WatchDiscoverResponse]  # type: ignore[assignment]
+    """Discover, then a new answer each time it changes (an agent registered,
+    changed, drained or expired, a policy, tenant or budget changed, a vector
+    space promoted), bursts coalesced. The stream stays open until the caller
+    cancels it or its deadline passes.
+    """
 
 class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +57,17 @@ class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _discovery_pb2.DiscoverRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_discovery_pb2.DiscoverResponse, _abc.Awaitable[_discovery_pb2.DiscoverResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchDiscover(
+        self,
+        request: _discovery_pb2.WatchDiscoverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_discovery_pb2.WatchDiscoverResponse], _abc.AsyncIterator[_discovery_pb2.WatchDiscoverResponse]]:
+        """Discover, then a new answer each time it changes (an agent registered,
+        changed, drained or expired, a policy, tenant or budget changed, a vector
+        space promoted), bursts coalesced. The stream stays open until the caller
+        cancels it or its deadline passes.
+        """
 
 def add_DiscoveryServiceServicer_to_server(servicer: DiscoveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
