@@ -28,6 +28,7 @@ from registry.service.admin_service import AdminService
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
 from registry.service.follower import ChangeFollower
+from registry.service.interop_service import InteropService
 from registry.service.key_service import KeyService
 from registry.service.outcomes import DiscoverMemory, OutcomeIndex, OutcomeService
 from registry.service.policy_service import PolicyService
@@ -313,6 +314,7 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         admin,
         outcomes,
         DiscoverWatches(discovery, follower, settings.max_watches),
+        InteropService(registry, store),
         authenticate=settings.auth_enabled,
         limits=settings.limits(),
     )

@@ -253,10 +253,50 @@ OUT = "/capreg.v1.OutcomeService/"
 VECTOR_SPACE = "minilm-l6-v2"  # the space every test server starts with
 ACTIVE = agent_pb2.AGENT_STATUS_ACTIVE
 
+
+def card_json(name: str) -> str:
+    """A minimal A2A v1.0 Agent Card."""
+    return json.dumps(
+        {
+            "name": name,
+            "description": "Answers questions about invoices.",
+            "version": "1.0.0",
+            "supportedInterfaces": [{"url": f"https://{name}.example.com/a2a", "protocolBinding": "JSONRPC"}],
+            "defaultInputModes": ["text/plain"],
+            "defaultOutputModes": ["text/plain"],
+            "skills": [{"id": "invoices", "name": "invoices", "description": "Answers invoice questions.", "tags": []}],
+        }
+    )
+
+
+def server_json(name: str) -> str:
+    """A minimal MCP server.json with a remote."""
+    return json.dumps(
+        {
+            "name": f"io.example/{name}",
+            "description": "Looks up invoices.",
+            "version": "1.0.0",
+            "remotes": [{"type": "streamable-http", "url": f"https://{name}.example.com/mcp"}],
+        }
+    )
+
+
 # Destructive RPCs (deregister, delete, commit, release, revoke) act on something made for the call.
 CASES: dict[str, Case] = {
     REG + "RegisterAgent": Case(
         lambda w, t, f, i: registry_pb2.RegisterAgentRequest(agent=make_agent(w.name(t, "agent"), tenant=f))
+    ),
+    REG + "ImportAgentCard": Case(
+        lambda w, t, f, i: registry_pb2.ImportAgentCardRequest(tenant=f, card_json=card_json(w.name(t, "card")))
+    ),
+    REG + "ImportMcpServer": Case(
+        lambda w, t, f, i: registry_pb2.ImportMcpServerRequest(tenant=f, server_json=server_json(w.name(t, "mcp")))
+    ),
+    REG + "ExportAgentCard": Case(
+        lambda w, t, f, i: registry_pb2.ExportAgentCardRequest(agent=agent_ref(w.seeds[t].agent, f, i)), by_id=True
+    ),
+    REG + "ExportMcpServer": Case(
+        lambda w, t, f, i: registry_pb2.ExportMcpServerRequest(agent=agent_ref(w.seeds[t].agent, f, i)), by_id=True
     ),
     REG + "UpdateAgentStatus": Case(
         lambda w, t, f, i: registry_pb2.UpdateAgentStatusRequest(
@@ -537,9 +577,13 @@ def test_the_permission_table_says_what_each_role_may_do() -> None:
         "KeepAlive",
         "GetAgent",
         "ListAgents",
+        "ImportAgentCard",
+        "ImportMcpServer",
+        "ExportAgentCard",
+        "ExportMcpServer",
     }
     assert by_role[Role.ORCHESTRATOR.value] == {
-        "GetAgent", "ListAgents", "Discover", "WatchDiscover", "ReportOutcome",
+        "GetAgent", "ListAgents", "ExportAgentCard", "ExportMcpServer", "Discover", "WatchDiscover", "ReportOutcome",
         "GetBudget", "ListBudgets", "Reserve", "Commit", "Release", "GetReservation",
     }  # fmt: skip
     assert by_role[Role.OPERATOR.value] == {m.rsplit("/", 1)[1] for m in RPCS if PERMISSIONS[m]}
@@ -559,6 +603,7 @@ def test_every_write_is_audited() -> None:
                 "Delete",
                 "Register",
                 "Deregister",
+                "Import",
                 "Revoke",
                 "SetShadow",
                 "Promote",

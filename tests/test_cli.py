@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import queue
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,8 +148,59 @@ def test_migrate_up_and_down(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "command",
     [[], ["serve"], ["migrate"], ["agents"], ["agents", "apply"], ["agents", "list"], ["agents", "get"],
-     ["agents", "status"], ["agents", "delete"], ["discover"], ["outcomes"], ["outcomes", "report"]],
+     ["agents", "status"], ["agents", "delete"], ["agents", "import"], ["agents", "export"], ["discover"],
+     ["outcomes"], ["outcomes", "report"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     code, out = run(*command, "--help")
     assert code == 0 and "Usage: " in out
+
+
+def test_import_export_and_watch_from_the_command_line(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    fixtures = Path(__file__).parent / "fixtures" / "interop"
+    data = tmp_path / "data"
+    with running_server(data, f"sqlite:///{data / 'capreg.db'}", embedder) as server:
+        target = ["--target", server.target]
+        code, out = run("agents", "import", str(fixtures / "a2a_v10_card.json"), "--tenant", "cli", *target)
+        assert code == 0 and "cli/trip-planner (a2a-1.0): created" in out and "added:" in out
+        code, out = run("agents", "import", str(fixtures / "a2a_v10_card.json"), "--tenant", "cli", *target)
+        assert code == 0 and "unchanged" in out
+        code, out = run("agents", "import", str(fixtures / "mcp_server_remote.json"), "--tools",
+                        str(fixtures / "mcp_tools_list.json"), "--tenant", "cli", "--json", *target)  # fmt: skip
+        assert code == 0 and json.loads(out)["format"] == "mcp-server"
+        exported = tmp_path / "card.json"
+        code, out = run("agents", "export", "trip-planner", "--tenant", "cli", "-o", str(exported), *target)
+        assert code == 0
+        assert json.loads(exported.read_text()) == json.loads((fixtures / "a2a_v10_card.json").read_text())
+        code, out = run("agents", "export", "io-github-acme-weather", "--format", "mcp", "--tenant", "cli", *target)
+        assert code == 0 and json.loads(out)["name"] == "io.github.acme/weather"
+        broken = tmp_path / "broken.json"
+        card = json.loads((fixtures / "a2a_v10_card.json").read_text())
+        broken.write_text(json.dumps({**card, "skills": 3}))
+        code, out = run("agents", "import", str(broken), *target)
+        assert code == 1 and "card.skills" in out
+
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "registry.cli.main", "discover", "plan a rail trip from Munich to Vienna",
+             "--tenant", "cli", "--watch", "--updates", "2", "--json", "--coalesce-ms", "10", *target],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            for line in watcher.stdout or ():
+                lines.put(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            first = json.loads(lines.get(timeout=60))
+            assert first["reasons"] == ["initial"]
+            assert first["answer"]["matches"][0]["agent_name"] == "trip-planner"
+            code, out = run("agents", "status", "trip-planner", "draining", "--tenant", "cli", *target)
+            second = json.loads(lines.get(timeout=30))
+            assert second["reasons"] == ["agent"]
+            assert "trip-planner" not in {m["agent_name"] for m in second["answer"].get("matches", [])}
+            assert watcher.wait(timeout=30) == 0  # --updates 2: it stops by itself
+        finally:
+            watcher.kill()

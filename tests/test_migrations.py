@@ -29,6 +29,7 @@ TABLES = {
     "api_keys",
     "audit_log",
     "outcomes",
+    "agent_documents",
 }
 
 

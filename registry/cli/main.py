@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 from capreg.v1 import discovery_pb2
-from capreg_client import CapregClient
+from capreg_client import CapregClient, discover_request
 from capreg_client.requests import kind_value
 from rich.progress import (
     BarColumn,
@@ -24,12 +24,14 @@ from rich.progress import (
 from registry.cli import output
 from registry.cli.budgets import budgets
 from registry.cli.common import CONTEXT, call, client_options, fail, json_option
+from registry.cli.interop import agents_export, agents_import
 from registry.cli.keys import audit, keys
 from registry.cli.models import models
 from registry.cli.outcomes import outcomes
 from registry.cli.policies import policies
 from registry.cli.status import status
 from registry.cli.vectors import vectors
+from registry.cli.watch import watch_answers
 from registry.manifest import ManifestError, load_agents
 
 
@@ -390,6 +392,9 @@ def agents_delete(name: str, tenant: str, target: str, timeout: float) -> None:
 )
 @click.option("--space", default="", help="Vector space to search (default: the serving one).")
 @click.option("--explain", is_flag=True, help="Also show the plan, exclusions, timings and score terms.")
+@click.option("--watch", is_flag=True, help="Keep watching: print a new answer whenever it changes (Ctrl-C stops).")
+@click.option("--updates", type=click.IntRange(1), help="With --watch: stop after this many answers.")
+@click.option("--coalesce-ms", type=click.IntRange(0, 10_000), default=0, help="With --watch: batch changes (100).")
 @client_options
 @json_option
 def discover(
@@ -417,6 +422,9 @@ def discover(
     exploration_rate: float | None,
     space: str,
     explain: bool,
+    watch: bool,
+    updates: int | None,
+    coalesce_ms: int,
     target: str,
     timeout: float,
     as_json: bool,
@@ -434,26 +442,24 @@ def discover(
         max_latency_ms=max_latency,
         min_quality=min_quality,
     )
-    response = call(
-        target,
-        timeout,
-        lambda c: c.discover(
-            text,
-            top_k=top_k,
-            tenant=tenant,
-            filters=filters,
-            estimated_input_tokens=input_tokens,
-            estimated_output_tokens=output_tokens,
-            task_labels=_pairs(task_labels, "--task-label"),
-            budget_id=budget_id,
-            principal=principal,
-            roles=roles,
-            cost_preference=cost_preference,
-            latency_preference=latency_preference,
-            exploration_rate=exploration_rate,
-            space=space,
-        ),
-    )
+    question: dict[str, Any] = {
+        "top_k": top_k,
+        "tenant": tenant,
+        "filters": filters,
+        "estimated_input_tokens": input_tokens,
+        "estimated_output_tokens": output_tokens,
+        "task_labels": _pairs(task_labels, "--task-label"),
+        "budget_id": budget_id,
+        "cost_preference": cost_preference,
+        "latency_preference": latency_preference,
+        "exploration_rate": exploration_rate,
+        "space": space,
+    }
+    if watch:
+        request = discover_request(text, **question)
+        call(target, timeout, lambda c: watch_answers(c, request, text, coalesce_ms, updates, explain, as_json))
+        return
+    response = call(target, timeout, lambda c: c.discover(text, principal=principal, roles=roles, **question))
     if as_json:
         output.print_json(output.to_dict(response))
         return
@@ -475,6 +481,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return pairs
 
 
+agents.add_command(agents_import)
+agents.add_command(agents_export)
 cli.add_command(policies)
 cli.add_command(budgets)
 cli.add_command(keys)

@@ -112,6 +112,14 @@ class Agent:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentDocument:
+    """The document an agent was imported from: an A2A Agent Card or an MCP server.json, as JSON text."""
+
+    format: str  # "a2a-0.3", "a2a-1.0" or "mcp-server"
+    document: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgentRef:
     """Names an agent by id, or by tenant and name."""
 

@@ -273,11 +273,18 @@ def _write_v10_interfaces(card: dict[str, Any], agent: Agent) -> None:
 
 
 def _write_skills(card: dict[str, Any], agent: Agent) -> None:
-    capabilities = agent.capabilities
+    sources = _source_skills(card.get("skills"))
+    capabilities = in_source_order(agent.capabilities, sources)
     default_in = _write_default_modes(card, "defaultInputModes", [c.input_modes for c in capabilities])
     default_out = _write_default_modes(card, "defaultOutputModes", [c.output_modes for c in capabilities])
-    sources = _source_skills(card.get("skills"))
     card["skills"] = [_skill(c, sources.get(c.name), default_in, default_out) for c in capabilities]
+
+
+def in_source_order(capabilities: Sequence[Capability], sources: Mapping[str, object]) -> list[Capability]:
+    """The capabilities in the order their skills or tools had in the source document (the store keeps no
+    order); those the source did not have come last, in the order given."""
+    order = {name: index for index, name in enumerate(sources)}
+    return sorted(capabilities, key=lambda c: order.get(c.name, len(order)))
 
 
 def _write_default_modes(card: dict[str, Any], key: str, modes: list[tuple[str, ...]]) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from registry.domain.validation import (
     MAX_VERSION,
     tenant_or_default,
 )
-from registry.interop.a2a import ImportedAgent, export_version
+from registry.interop.a2a import ImportedAgent, export_version, in_source_order
 from registry.interop.jsonpaths import (
     MAX_RAW_NAME,
     MAX_TITLE,
@@ -292,7 +292,8 @@ def _write_tools(server: dict[str, Any], agent: Agent) -> None:
     sources = _source_tools(provided.get("tools") if isinstance(provided, Mapping) else None)
     if not sources and _describes_server(agent, server):
         return  # the one capability import made for a server without tools
-    _publisher_meta(server)["tools"] = [_tool(c, sources.get(c.name)) for c in agent.capabilities]
+    ordered = in_source_order(agent.capabilities, sources)
+    _publisher_meta(server)["tools"] = [_tool(c, sources.get(c.name)) for c in ordered]
 
 
 def _source_tools(tools: object) -> dict[str, Mapping[str, Any]]:

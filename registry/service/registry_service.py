@@ -15,7 +15,7 @@ import numpy as np
 
 from registry.domain import validation as v
 from registry.domain.errors import InvalidArgument, NotFound
-from registry.domain.models import Agent, AgentRef, AgentStatus, ListAgentsQuery, WriteResult
+from registry.domain.models import Agent, AgentDocument, AgentRef, AgentStatus, ListAgentsQuery, WriteResult
 from registry.embedding.template import render, text_hash
 from registry.service.calls import settle
 from registry.service.serving import ServingSpace, Spaces
@@ -35,7 +35,9 @@ class RegistryService:
     async def _settle(self, token: int) -> None:
         await settle(self._settle_fn, token)
 
-    async def register(self, agent: Agent, expected_generation: int = 0) -> WriteResult:
+    async def register(
+        self, agent: Agent, expected_generation: int = 0, *, document: AgentDocument | None = None
+    ) -> WriteResult:
         """Validate, embed (into every live space) only texts never embedded before, commit, then wait
         for the index."""
         agent = _with_tenant(agent)
@@ -54,6 +56,7 @@ class RegistryService:
             primary.hashes,
             primary.vectors,
             more=others,
+            document=document,
         )
         await self._settle(result.token)
         return result

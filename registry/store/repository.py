@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from registry.domain.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from registry.domain.models import (
     Agent,
+    AgentDocument,
     AgentRef,
     AgentStatus,
     CatalogChange,
@@ -163,8 +164,10 @@ class RegistryStore:
         vectors: dict[str, bytes],
         *,
         more: Sequence[SpaceVectors] = (),
+        document: AgentDocument | None = None,
     ) -> WriteResult:
-        """Idempotent upsert of an agent with exactly these capabilities.
+        """Idempotent upsert of an agent with exactly these capabilities (and the document it was imported
+        from, kept for export; None leaves a stored one as it is).
 
         text_hashes[i] is the hash of capability i's embedded text in the serving space `space_id`;
         vectors maps each hash to its vector. `more` carries the same for every other live space (being
@@ -173,14 +176,19 @@ class RegistryStore:
         primary = SpaceVectors(space_id, text_hashes, vectors)
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return self._register_once(agent, expected_generation, primary, more)
+                return self._register_once(agent, expected_generation, primary, more, document)
             except IntegrityError as exc:  # a concurrent first registration of the same tenant or name
                 if attempt == CONFLICT_RETRIES - 1:
                     raise Conflict(f"agent {agent.tenant}/{agent.name} is being registered concurrently") from exc
         raise AssertionError("unreachable")
 
     def _register_once(
-        self, agent: Agent, expected_generation: int, primary: SpaceVectors, more: Sequence[SpaceVectors]
+        self,
+        agent: Agent,
+        expected_generation: int,
+        primary: SpaceVectors,
+        more: Sequence[SpaceVectors],
+        document: AgentDocument | None,
     ) -> WriteResult:
         now = now_utc()
         space_id, text_hashes, vectors = primary
@@ -298,6 +306,8 @@ class RegistryStore:
                         other_vectors_changed = True
             if removed:
                 conn.execute(delete(t.capabilities).where(t.capabilities.c.id.in_(removed)))
+            if document is not None:
+                _put_document(conn, agent_id, document, now)
 
             if not (agent_changed or caps_changed):
                 # Nothing changed; a leased agent's registration still renews its lease, and vectors new to
@@ -445,6 +455,16 @@ class RegistryStore:
         }
 
     # -- agents: reads -------------------------------------------------------------------------------
+
+    def document_of(self, agent_id: str) -> AgentDocument | None:
+        """The document the agent was imported from, if it was."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.agent_documents.c.format, t.agent_documents.c.document).where(
+                    t.agent_documents.c.agent_id == agent_id
+                )
+            ).first()
+        return AgentDocument(row.format, row.document) if row is not None else None
 
     def get(self, ref: AgentRef) -> Agent:
         with self._connect() as conn:
@@ -639,3 +659,13 @@ def _decode_token(token: str, fingerprint: str) -> str:
     if issued_for != fingerprint:
         raise InvalidArgument("page_token", "was issued for a different tenant or filters; start from the first page")
     return after
+
+
+def _put_document(conn: Connection, agent_id: str, document: AgentDocument, now: datetime) -> None:
+    """Insert or replace the agent's source document (not indexed, so no change-log row of its own)."""
+    values = {"format": document.format, "document": document.document, "updated_at": now}
+    found = conn.execute(
+        update(t.agent_documents).where(t.agent_documents.c.agent_id == agent_id).values(**values)
+    ).rowcount
+    if not found:
+        conn.execute(insert(t.agent_documents).values(agent_id=agent_id, **values))

@@ -244,3 +244,14 @@ outcomes = Table(
     Index("ix_outcomes_capability_id_created_at", "capability_id", "created_at"),
     Index("ix_outcomes_space_id_tenant_id", "space_id", "tenant_id"),
 )
+
+# The A2A Agent Card or MCP server.json an agent was imported from (JSON text), so that an export keeps what
+# capreg does not model (security schemes, signatures, packages); the agent's rows stay the truth.
+agent_documents = Table(
+    "agent_documents",
+    metadata,
+    Column("agent_id", String(36), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("format", String(16), nullable=False),  # "a2a-0.3", "a2a-1.0" or "mcp-server"
+    Column("document", Text, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)

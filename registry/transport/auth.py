@@ -29,6 +29,8 @@ AUDITED: dict[str, tuple[str, str]] = {
     "/capreg.v1.RegistryService/RegisterAgent": ("agent", "agent.name"),
     "/capreg.v1.RegistryService/UpdateAgentStatus": ("agent", "agent"),
     "/capreg.v1.RegistryService/DeregisterAgent": ("agent", "agent"),
+    "/capreg.v1.RegistryService/ImportAgentCard": ("agent", "response.agent.name"),
+    "/capreg.v1.RegistryService/ImportMcpServer": ("agent", "response.agent.name"),
     "/capreg.v1.PolicyService/CreatePolicy": ("policy", "policy.name"),
     "/capreg.v1.PolicyService/UpdatePolicy": ("policy", "policy.name"),
     "/capreg.v1.PolicyService/DeletePolicy": ("policy", "policy"),

@@ -26,6 +26,7 @@ from registry.config import ServerLimits, TlsFiles
 from registry.service.admin_service import AdminService
 from registry.service.budget_service import BudgetService
 from registry.service.discovery_service import DiscoveryService
+from registry.service.interop_service import InteropService
 from registry.service.key_service import KeyService
 from registry.service.outcomes import OutcomeService
 from registry.service.policy_service import PolicyService
@@ -64,6 +65,7 @@ class GrpcServer:
         admin: AdminService,
         outcomes: OutcomeService,
         watches: DiscoverWatches | None = None,
+        interop: InteropService | None = None,
         authenticate: bool = True,
         limits: ServerLimits | None = None,
     ):
@@ -82,7 +84,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), self.server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, interop), self.server)
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryServicer(discovery, watches), self.server)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), self.server)
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(budgets), self.server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -13,6 +14,7 @@ from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2
 from registry.domain.errors import FailedPrecondition, InvalidArgument
 from registry.domain.models import AgentRef, DiscoverQuery
 from registry.service.discovery_service import DiscoveryService
+from registry.service.interop_service import ExportedDocument, ImportOptions, ImportResult, InteropService
 from registry.service.registry_service import RegistryService
 from registry.service.watch import DiscoverWatches
 from registry.transport import convert
@@ -26,8 +28,40 @@ def _scoped_ref(ref: agent_pb2.AgentRef) -> AgentRef:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, service: RegistryService):
+    def __init__(self, service: RegistryService, interop: InteropService | None = None):
         self._service = service
+        self._interop = interop
+
+    def _documents(self) -> InteropService:
+        if self._interop is None:
+            raise FailedPrecondition("this server does not import or export documents")
+        return self._interop
+
+    async def ImportAgentCard(
+        self, request: registry_pb2.ImportAgentCardRequest, context: Context
+    ) -> registry_pb2.ImportAgentResponse:
+        tenant = scoped_tenant(request.tenant)
+        result = await self._documents().import_card(tenant, request.card_json, _import_options(request.options))
+        return _imported(result)
+
+    async def ImportMcpServer(
+        self, request: registry_pb2.ImportMcpServerRequest, context: Context
+    ) -> registry_pb2.ImportAgentResponse:
+        tenant = scoped_tenant(request.tenant)
+        options = _import_options(request.options)
+        result = await self._documents().import_mcp_server(tenant, request.server_json, request.tools_json, options)
+        return _imported(result)
+
+    async def ExportAgentCard(
+        self, request: registry_pb2.ExportAgentCardRequest, context: Context
+    ) -> registry_pb2.ExportDocumentResponse:
+        exported = await self._documents().export_card(_scoped_ref(request.agent), request.format)
+        return _exported(exported)
+
+    async def ExportMcpServer(
+        self, request: registry_pb2.ExportMcpServerRequest, context: Context
+    ) -> registry_pb2.ExportDocumentResponse:
+        return _exported(await self._documents().export_mcp_server(_scoped_ref(request.agent)))
 
     async def RegisterAgent(
         self, request: registry_pb2.RegisterAgentRequest, context: Context
@@ -155,3 +189,33 @@ def _caller_query(request: discovery_pb2.DiscoverRequest) -> DiscoverQuery:
     identity = current_identity()
     query = convert.discover_query_from_proto(request)
     return replace(query, tenant=scoped_tenant(query.tenant), principal=identity.name, roles=identity.roles)
+
+
+def _import_options(options: registry_pb2.ImportOptions) -> ImportOptions:
+    return ImportOptions(
+        visibility=convert.visibility_from_proto(options.visibility, "options.visibility"),
+        shared_with=tuple(options.shared_with),
+        lease_ttl_s=convert.seconds(options.lease_ttl) if options.HasField("lease_ttl") else None,
+        labels=dict(options.labels),
+    )
+
+
+def _imported(result: ImportResult) -> registry_pb2.ImportAgentResponse:
+    write = result.write
+    assert write.agent is not None
+    return registry_pb2.ImportAgentResponse(
+        agent=convert.agent_to_proto(write.agent),
+        created=write.created,
+        changed=write.changed,
+        added=result.added,
+        updated=result.updated,
+        removed=result.removed,
+        consistency_token=write.token,
+        format=result.format,
+    )
+
+
+def _exported(exported: ExportedDocument) -> registry_pb2.ExportDocumentResponse:
+    return registry_pb2.ExportDocumentResponse(
+        document_json=json.dumps(exported.document, indent=2, ensure_ascii=False), format=exported.format
+    )

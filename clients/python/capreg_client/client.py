@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -86,6 +87,62 @@ class CapregClient:
     ) -> registry_pb2.RegisterAgentResponse:
         request = registry_pb2.RegisterAgentRequest(agent=agent, expected_generation=expected_generation)
         return self._call(self._registry.RegisterAgent, request, timeout)
+
+    def import_agent_card(
+        self,
+        card: str | Mapping[str, Any],
+        *,
+        tenant: str = "",
+        visibility: str = "",
+        shared_with: Sequence[str] = (),
+        lease_ttl_s: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> registry_pb2.ImportAgentResponse:
+        """Register the agent an A2A Agent Card (JSON text or parsed) describes; one capability per skill."""
+        request = registry_pb2.ImportAgentCardRequest(
+            tenant=tenant,
+            card_json=requests.document_text(card),
+            options=requests.import_options(visibility, shared_with, lease_ttl_s, labels),
+        )
+        return self._call(self._registry.ImportAgentCard, request, timeout)
+
+    def import_mcp_server(
+        self,
+        server: str | Mapping[str, Any],
+        *,
+        tools: str | Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        tenant: str = "",
+        visibility: str = "",
+        shared_with: Sequence[str] = (),
+        lease_ttl_s: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> registry_pb2.ImportAgentResponse:
+        """Register the tool agent an MCP server.json describes; `tools`: a tools/list result or its array."""
+        request = registry_pb2.ImportMcpServerRequest(
+            tenant=tenant,
+            server_json=requests.document_text(server),
+            tools_json="" if tools is None else tools if isinstance(tools, str) else json.dumps(tools),
+            options=requests.import_options(visibility, shared_with, lease_ttl_s, labels),
+        )
+        return self._call(self._registry.ImportMcpServer, request, timeout)
+
+    def export_agent_card(
+        self, name: str = "", *, tenant: str = "", id: str = "", format: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The agent's A2A Agent Card ("a2a-0.3" or "a2a-1.0"; empty: the format it was imported in)."""
+        request = registry_pb2.ExportAgentCardRequest(agent=requests.agent_ref(id, tenant, name), format=format)
+        answer = self._call(self._registry.ExportAgentCard, request, timeout)
+        return json.loads(answer.document_json)  # type: ignore[no-any-return]
+
+    def export_mcp_server(
+        self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The agent's MCP server.json."""
+        request = registry_pb2.ExportMcpServerRequest(agent=requests.agent_ref(id, tenant, name))
+        answer = self._call(self._registry.ExportMcpServer, request, timeout)
+        return json.loads(answer.document_json)  # type: ignore[no-any-return]
 
     def get_agent(
         self, name: str = "", *, tenant: str = "", id: str = "", timeout: float | None = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from capreg.v1 import agent_pb2, discovery_pb2, outcome_pb2, policy_pb2, registry_pb2
 
@@ -176,3 +178,32 @@ def heartbeat(
     if lease_ttl_s is not None:
         request.lease_ttl.FromNanoseconds(round(lease_ttl_s * 1e9))
     return request
+
+
+VISIBILITY_NAMES = {
+    "private": agent_pb2.VISIBILITY_PRIVATE,
+    "shared": agent_pb2.VISIBILITY_SHARED,
+    "public": agent_pb2.VISIBILITY_PUBLIC,
+}
+
+
+def document_text(document: str | Mapping[str, Any]) -> str:
+    """A JSON document as text: given as text already, or as a parsed object."""
+    return document if isinstance(document, str) else json.dumps(document)
+
+
+def import_options(
+    visibility: str = "",
+    shared_with: Sequence[str] = (),
+    lease_ttl_s: float | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> registry_pb2.ImportOptions:
+    options = registry_pb2.ImportOptions(shared_with=list(shared_with), labels=dict(labels or {}))
+    if visibility:
+        try:
+            options.visibility = VISIBILITY_NAMES[visibility.lower()]
+        except KeyError:
+            raise ValueError(f"unknown visibility {visibility!r}; use one of {sorted(VISIBILITY_NAMES)}") from None
+    if lease_ttl_s is not None:
+        options.lease_ttl.FromNanoseconds(int(lease_ttl_s * 1e9))
+    return options

@@ -27,41 +27,59 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61preg/v1/registry.proto\x12\tcapreg.v1\x1a\x15\x63\x61preg/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x14RegisterAgentRequest\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\x12\x1b\n\x13\x65xpected_generation\x18\x02 \x01(\x03\"u\n\x15RegisterAgentResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x19\n\x11\x63onsistency_token\x18\x04 \x01(\x03\"5\n\x0fGetAgentRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\"3\n\x10GetAgentResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\"\x95\x02\n\x11ListAgentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12#\n\x05kinds\x18\x04 \x03(\x0e\x32\x14.capreg.v1.AgentKind\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.capreg.v1.AgentStatus\x12\x38\n\x06labels\x18\x06 \x03(\x0b\x32(.capreg.v1.ListAgentsRequest.LabelsEntry\x12\x13\n\x0bname_prefix\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.capreg.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x18UpdateAgentStatusRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.capreg.v1.AgentStatus\x12\x1b\n\x13\x65xpected_generation\x18\x03 \x01(\x03\"W\n\x19UpdateAgentStatusResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\x03\"Y\n\x16\x44\x65registerAgentRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\x12\x1b\n\x13\x65xpected_generation\x18\x02 \x01(\x03\"4\n\x17\x44\x65registerAgentResponse\x12\x19\n\x11\x63onsistency_token\x18\x01 \x01(\x03\"d\n\x10HeartbeatRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x93\x01\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x63onsistency_token\x18\x03 \x01(\x03\x32\xc3\x04\n\x0fRegistryService\x12R\n\rRegisterAgent\x12\x1f.capreg.v1.RegisterAgentRequest\x1a .capreg.v1.RegisterAgentResponse\x12\x43\n\x08GetAgent\x12\x1a.capreg.v1.GetAgentRequest\x1a\x1b.capreg.v1.GetAgentResponse\x12I\n\nListAgents\x12\x1c.capreg.v1.ListAgentsRequest\x1a\x1d.capreg.v1.ListAgentsResponse\x12^\n\x11UpdateAgentStatus\x12#.capreg.v1.UpdateAgentStatusRequest\x1a$.capreg.v1.UpdateAgentStatusResponse\x12X\n\x0f\x44\x65registerAgent\x12!.capreg.v1.DeregisterAgentRequest\x1a\".capreg.v1.DeregisterAgentResponse\x12\x46\n\tHeartbeat\x12\x1b.capreg.v1.HeartbeatRequest\x1a\x1c.capreg.v1.HeartbeatResponse\x12J\n\tKeepAlive\x12\x1b.capreg.v1.HeartbeatRequest\x1a\x1c.capreg.v1.HeartbeatResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61preg/v1/registry.proto\x12\tcapreg.v1\x1a\x15\x63\x61preg/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x01\n\rImportOptions\x12)\n\nvisibility\x18\x01 \x01(\x0e\x32\x15.capreg.v1.Visibility\x12\x13\n\x0bshared_with\x18\x02 \x03(\t\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.capreg.v1.ImportOptions.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x16ImportAgentCardRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tcard_json\x18\x02 \x01(\t\x12)\n\x07options\x18\x03 \x01(\x0b\x32\x18.capreg.v1.ImportOptions\"|\n\x16ImportMcpServerRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x13\n\x0bserver_json\x18\x02 \x01(\t\x12\x12\n\ntools_json\x18\x03 \x01(\t\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.capreg.v1.ImportOptions\"\xb4\x01\n\x13ImportAgentResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\t\x12\x0f\n\x07updated\x18\x05 \x03(\t\x12\x0f\n\x07removed\x18\x06 \x03(\t\x12\x19\n\x11\x63onsistency_token\x18\x07 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x08 \x01(\t\"L\n\x16\x45xportAgentCardRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"<\n\x16\x45xportMcpServerRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\"?\n\x16\x45xportDocumentResponse\x12\x15\n\rdocument_json\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"T\n\x14RegisterAgentRequest\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\x12\x1b\n\x13\x65xpected_generation\x18\x02 \x01(\x03\"u\n\x15RegisterAgentResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x19\n\x11\x63onsistency_token\x18\x04 \x01(\x03\"5\n\x0fGetAgentRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\"3\n\x10GetAgentResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\"\x95\x02\n\x11ListAgentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12#\n\x05kinds\x18\x04 \x03(\x0e\x32\x14.capreg.v1.AgentKind\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.capreg.v1.AgentStatus\x12\x38\n\x06labels\x18\x06 \x03(\x0b\x32(.capreg.v1.ListAgentsRequest.LabelsEntry\x12\x13\n\x0bname_prefix\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.capreg.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x18UpdateAgentStatusRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.capreg.v1.AgentStatus\x12\x1b\n\x13\x65xpected_generation\x18\x03 \x01(\x03\"W\n\x19UpdateAgentStatusResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.capreg.v1.Agent\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\x03\"Y\n\x16\x44\x65registerAgentRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\x12\x1b\n\x13\x65xpected_generation\x18\x02 \x01(\x03\"4\n\x17\x44\x65registerAgentResponse\x12\x19\n\x11\x63onsistency_token\x18\x01 \x01(\x03\"d\n\x10HeartbeatRequest\x12\"\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x13.capreg.v1.AgentRef\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x93\x01\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x63onsistency_token\x18\x03 \x01(\x03\x32\xa1\x07\n\x0fRegistryService\x12R\n\rRegisterAgent\x12\x1f.capreg.v1.RegisterAgentRequest\x1a .capreg.v1.RegisterAgentResponse\x12\x43\n\x08GetAgent\x12\x1a.capreg.v1.GetAgentRequest\x1a\x1b.capreg.v1.GetAgentResponse\x12I\n\nListAgents\x12\x1c.capreg.v1.ListAgentsRequest\x1a\x1d.capreg.v1.ListAgentsResponse\x12^\n\x11UpdateAgentStatus\x12#.capreg.v1.UpdateAgentStatusRequest\x1a$.capreg.v1.UpdateAgentStatusResponse\x12X\n\x0f\x44\x65registerAgent\x12!.capreg.v1.DeregisterAgentRequest\x1a\".capreg.v1.DeregisterAgentResponse\x12\x46\n\tHeartbeat\x12\x1b.capreg.v1.HeartbeatRequest\x1a\x1c.capreg.v1.HeartbeatResponse\x12J\n\tKeepAlive\x12\x1b.capreg.v1.HeartbeatRequest\x1a\x1c.capreg.v1.HeartbeatResponse(\x01\x30\x01\x12T\n\x0fImportAgentCard\x12!.capreg.v1.ImportAgentCardRequest\x1a\x1e.capreg.v1.ImportAgentResponse\x12W\n\x0f\x45xportAgentCard\x12!.capreg.v1.ExportAgentCardRequest\x1a!.capreg.v1.ExportDocumentResponse\x12T\n\x0fImportMcpServer\x12!.capreg.v1.ImportMcpServerRequest\x1a\x1e.capreg.v1.ImportAgentResponse\x12W\n\x0f\x45xportMcpServer\x12!.capreg.v1.ExportMcpServerRequest\x1a!.capreg.v1.ExportDocumentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'capreg.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_IMPORTOPTIONS_LABELSENTRY']._loaded_options = None
+  _globals['_IMPORTOPTIONS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTAGENTSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTAGENTSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_REGISTERAGENTREQUEST']._serialized_start=127
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=211
-  _globals['_REGISTERAGENTRESPONSE']._serialized_start=213
-  _globals['_REGISTERAGENTRESPONSE']._serialized_end=330
-  _globals['_GETAGENTREQUEST']._serialized_start=332
-  _globals['_GETAGENTREQUEST']._serialized_end=385
-  _globals['_GETAGENTRESPONSE']._serialized_start=387
-  _globals['_GETAGENTRESPONSE']._serialized_end=438
-  _globals['_LISTAGENTSREQUEST']._serialized_start=441
-  _globals['_LISTAGENTSREQUEST']._serialized_end=718
-  _globals['_LISTAGENTSREQUEST_LABELSENTRY']._serialized_start=673
-  _globals['_LISTAGENTSREQUEST_LABELSENTRY']._serialized_end=718
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=720
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=799
-  _globals['_UPDATEAGENTSTATUSREQUEST']._serialized_start=802
-  _globals['_UPDATEAGENTSTATUSREQUEST']._serialized_end=933
-  _globals['_UPDATEAGENTSTATUSRESPONSE']._serialized_start=935
-  _globals['_UPDATEAGENTSTATUSRESPONSE']._serialized_end=1022
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=1024
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=1113
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=1115
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=1167
-  _globals['_HEARTBEATREQUEST']._serialized_start=1169
-  _globals['_HEARTBEATREQUEST']._serialized_end=1269
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1272
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1419
-  _globals['_REGISTRYSERVICE']._serialized_start=1422
-  _globals['_REGISTRYSERVICE']._serialized_end=2001
+  _globals['_IMPORTOPTIONS']._serialized_start=128
+  _globals['_IMPORTOPTIONS']._serialized_end=354
+  _globals['_IMPORTOPTIONS_LABELSENTRY']._serialized_start=309
+  _globals['_IMPORTOPTIONS_LABELSENTRY']._serialized_end=354
+  _globals['_IMPORTAGENTCARDREQUEST']._serialized_start=356
+  _globals['_IMPORTAGENTCARDREQUEST']._serialized_end=458
+  _globals['_IMPORTMCPSERVERREQUEST']._serialized_start=460
+  _globals['_IMPORTMCPSERVERREQUEST']._serialized_end=584
+  _globals['_IMPORTAGENTRESPONSE']._serialized_start=587
+  _globals['_IMPORTAGENTRESPONSE']._serialized_end=767
+  _globals['_EXPORTAGENTCARDREQUEST']._serialized_start=769
+  _globals['_EXPORTAGENTCARDREQUEST']._serialized_end=845
+  _globals['_EXPORTMCPSERVERREQUEST']._serialized_start=847
+  _globals['_EXPORTMCPSERVERREQUEST']._serialized_end=907
+  _globals['_EXPORTDOCUMENTRESPONSE']._serialized_start=909
+  _globals['_EXPORTDOCUMENTRESPONSE']._serialized_end=972
+  _globals['_REGISTERAGENTREQUEST']._serialized_start=974
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=1058
+  _globals['_REGISTERAGENTRESPONSE']._serialized_start=1060
+  _globals['_REGISTERAGENTRESPONSE']._serialized_end=1177
+  _globals['_GETAGENTREQUEST']._serialized_start=1179
+  _globals['_GETAGENTREQUEST']._serialized_end=1232
+  _globals['_GETAGENTRESPONSE']._serialized_start=1234
+  _globals['_GETAGENTRESPONSE']._serialized_end=1285
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1288
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1565
+  _globals['_LISTAGENTSREQUEST_LABELSENTRY']._serialized_start=309
+  _globals['_LISTAGENTSREQUEST_LABELSENTRY']._serialized_end=354
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1567
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1646
+  _globals['_UPDATEAGENTSTATUSREQUEST']._serialized_start=1649
+  _globals['_UPDATEAGENTSTATUSREQUEST']._serialized_end=1780
+  _globals['_UPDATEAGENTSTATUSRESPONSE']._serialized_start=1782
+  _globals['_UPDATEAGENTSTATUSRESPONSE']._serialized_end=1869
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=1871
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=1960
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=1962
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=2014
+  _globals['_HEARTBEATREQUEST']._serialized_start=2016
+  _globals['_HEARTBEATREQUEST']._serialized_end=2116
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2119
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2266
+  _globals['_REGISTRYSERVICE']._serialized_start=2269
+  _globals['_REGISTRYSERVICE']._serialized_end=3198
 # @@protoc_insertion_point(module_scope)

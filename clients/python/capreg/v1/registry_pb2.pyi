@@ -22,6 +22,240 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ImportOptions(_message.Message):
+    """How an imported agent is registered, beyond what its document says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    SHARED_WITH_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    visibility: _agent_pb2.Visibility.ValueType
+    """PRIVATE when unspecified (or the stored one)"""
+    @_builtins.property
+    def shared_with(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def lease_ttl(self) -> _duration_pb2.Duration:
+        """unset: no lease (or the stored one)"""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """added to the labels taken from the document"""
+
+    def __init__(
+        self,
+        *,
+        visibility: _agent_pb2.Visibility.ValueType = ...,
+        shared_with: _abc.Iterable[_builtins.str] | None = ...,
+        lease_ttl: _duration_pb2.Duration | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_ttl", b"lease_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "lease_ttl", b"lease_ttl", "shared_with", b"shared_with", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportOptions: _TypeAlias = ImportOptions  # noqa: Y015
+
+@_typing.final
+class ImportAgentCardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    CARD_JSON_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """"default" when empty"""
+    card_json: _builtins.str
+    """the Agent Card, as JSON"""
+    @_builtins.property
+    def options(self) -> Global___ImportOptions: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        card_json: _builtins.str = ...,
+        options: Global___ImportOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_json", b"card_json", "options", b"options", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportAgentCardRequest: _TypeAlias = ImportAgentCardRequest  # noqa: Y015
+
+@_typing.final
+class ImportMcpServerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    SERVER_JSON_FIELD_NUMBER: _builtins.int
+    TOOLS_JSON_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    server_json: _builtins.str
+    """the server.json, as JSON"""
+    tools_json: _builtins.str
+    """Optional: the tools, as an MCP tools/list result ({"tools": [...]}) or a
+    bare array of tools. Empty: those the server.json itself declares.
+    """
+    @_builtins.property
+    def options(self) -> Global___ImportOptions: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        server_json: _builtins.str = ...,
+        tools_json: _builtins.str = ...,
+        options: Global___ImportOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "server_json", b"server_json", "tenant", b"tenant", "tools_json", b"tools_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportMcpServerRequest: _TypeAlias = ImportMcpServerRequest  # noqa: Y015
+
+@_typing.final
+class ImportAgentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    changed: _builtins.bool
+    consistency_token: _builtins.int
+    format: _builtins.str
+    """"a2a-0.3", "a2a-1.0" or "mcp-server" """
+    @_builtins.property
+    def agent(self) -> _agent_pb2.Agent: ...
+    @_builtins.property
+    def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capability names (name@version) this import added, changed or removed."""
+
+    @_builtins.property
+    def updated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.Agent | None = ...,
+        created: _builtins.bool = ...,
+        changed: _builtins.bool = ...,
+        added: _abc.Iterable[_builtins.str] | None = ...,
+        updated: _abc.Iterable[_builtins.str] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.int = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "agent", b"agent", "changed", b"changed", "consistency_token", b"consistency_token", "created", b"created", "format", b"format", "removed", b"removed", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportAgentResponse: _TypeAlias = ImportAgentResponse  # noqa: Y015
+
+@_typing.final
+class ExportAgentCardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"a2a-0.3" or "a2a-1.0"; empty: the format it was imported in (1.0 for
+    an agent that was not imported).
+    """
+    @_builtins.property
+    def agent(self) -> _agent_pb2.AgentRef: ...
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.AgentRef | None = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAgentCardRequest: _TypeAlias = ExportAgentCardRequest  # noqa: Y015
+
+@_typing.final
+class ExportMcpServerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _agent_pb2.AgentRef: ...
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.AgentRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMcpServerRequest: _TypeAlias = ExportMcpServerRequest  # noqa: Y015
+
+@_typing.final
+class ExportDocumentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_JSON_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    document_json: _builtins.str
+    format: _builtins.str
+    def __init__(
+        self,
+        *,
+        document_json: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_json", b"document_json", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDocumentResponse: _TypeAlias = ExportDocumentResponse  # noqa: Y015
+
+@_typing.final
 class RegisterAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

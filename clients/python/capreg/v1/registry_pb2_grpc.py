@@ -69,6 +69,26 @@ class RegistryServiceStub:
                 request_serializer=capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.ImportAgentCard = channel.unary_unary(
+                '/capreg.v1.RegistryService/ImportAgentCard',
+                request_serializer=capreg_dot_v1_dot_registry__pb2.ImportAgentCardRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_registry__pb2.ImportAgentResponse.FromString,
+                _registered_method=True)
+        self.ExportAgentCard = channel.unary_unary(
+                '/capreg.v1.RegistryService/ExportAgentCard',
+                request_serializer=capreg_dot_v1_dot_registry__pb2.ExportAgentCardRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.FromString,
+                _registered_method=True)
+        self.ImportMcpServer = channel.unary_unary(
+                '/capreg.v1.RegistryService/ImportMcpServer',
+                request_serializer=capreg_dot_v1_dot_registry__pb2.ImportMcpServerRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_registry__pb2.ImportAgentResponse.FromString,
+                _registered_method=True)
+        self.ExportMcpServer = channel.unary_unary(
+                '/capreg.v1.RegistryService/ExportMcpServer',
+                request_serializer=capreg_dot_v1_dot_registry__pb2.ExportMcpServerRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -123,6 +143,40 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportAgentCard(self, request, context):
+        """Registers (or updates) the agent an A2A Agent Card describes (v0.3 with
+        `url`, or v1.0 with `supportedInterfaces`): one capability per skill.
+        Re-importing a changed card updates what changed and removes skills that
+        are gone. A malformed card is INVALID_ARGUMENT naming its JSON path
+        (e.g. card.skills[2].id) and registers nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAgentCard(self, request, context):
+        """The Agent Card of an agent, from the card it was imported from (kept as
+        it was) with its current state written over it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportMcpServer(self, request, context):
+        """The same for an MCP Registry server.json: a tool agent with one
+        capability per declared tool (from `tools_json`, or the file's
+        publisher-provided tool list).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportMcpServer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +214,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.KeepAlive,
                     request_deserializer=capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.FromString,
                     response_serializer=capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'ImportAgentCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportAgentCard,
+                    request_deserializer=capreg_dot_v1_dot_registry__pb2.ImportAgentCardRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_registry__pb2.ImportAgentResponse.SerializeToString,
+            ),
+            'ExportAgentCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAgentCard,
+                    request_deserializer=capreg_dot_v1_dot_registry__pb2.ExportAgentCardRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.SerializeToString,
+            ),
+            'ImportMcpServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportMcpServer,
+                    request_deserializer=capreg_dot_v1_dot_registry__pb2.ImportMcpServerRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_registry__pb2.ImportAgentResponse.SerializeToString,
+            ),
+            'ExportMcpServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportMcpServer,
+                    request_deserializer=capreg_dot_v1_dot_registry__pb2.ExportMcpServerRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +425,114 @@ class RegistryService:
             '/capreg.v1.RegistryService/KeepAlive',
             capreg_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
             capreg_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportAgentCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.RegistryService/ImportAgentCard',
+            capreg_dot_v1_dot_registry__pb2.ImportAgentCardRequest.SerializeToString,
+            capreg_dot_v1_dot_registry__pb2.ImportAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAgentCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.RegistryService/ExportAgentCard',
+            capreg_dot_v1_dot_registry__pb2.ExportAgentCardRequest.SerializeToString,
+            capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportMcpServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.RegistryService/ImportMcpServer',
+            capreg_dot_v1_dot_registry__pb2.ImportMcpServerRequest.SerializeToString,
+            capreg_dot_v1_dot_registry__pb2.ImportAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMcpServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.RegistryService/ExportMcpServer',
+            capreg_dot_v1_dot_registry__pb2.ExportMcpServerRequest.SerializeToString,
+            capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

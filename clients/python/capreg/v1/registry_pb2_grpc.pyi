@@ -47,6 +47,23 @@ class RegistryServiceStub:
     each renewal. The first message names the agent. Closing the stream
     stops the renewals; the lease then runs out as usual.
     """
+    ImportAgentCard: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ImportAgentCardRequest, _registry_pb2.ImportAgentResponse]
+    """Registers (or updates) the agent an A2A Agent Card describes (v0.3 with
+    `url`, or v1.0 with `supportedInterfaces`): one capability per skill.
+    Re-importing a changed card updates what changed and removes skills that
+    are gone. A malformed card is INVALID_ARGUMENT naming its JSON path
+    (e.g. card.skills[2].id) and registers nothing.
+    """
+    ExportAgentCard: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportAgentCardRequest, _registry_pb2.ExportDocumentResponse]
+    """The Agent Card of an agent, from the card it was imported from (kept as
+    it was) with its current state written over it.
+    """
+    ImportMcpServer: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ImportMcpServerRequest, _registry_pb2.ImportAgentResponse]
+    """The same for an MCP Registry server.json: a tool agent with one
+    capability per declared tool (from `tools_json`, or the file's
+    publisher-provided tool list).
+    """
+    ExportMcpServer: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportMcpServerRequest, _registry_pb2.ExportDocumentResponse]
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -67,6 +84,23 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     each renewal. The first message names the agent. Closing the stream
     stops the renewals; the lease then runs out as usual.
     """
+    ImportAgentCard: _aio.UnaryUnaryMultiCallable[_registry_pb2.ImportAgentCardRequest, _registry_pb2.ImportAgentResponse]  # type: ignore[assignment]
+    """Registers (or updates) the agent an A2A Agent Card describes (v0.3 with
+    `url`, or v1.0 with `supportedInterfaces`): one capability per skill.
+    Re-importing a changed card updates what changed and removes skills that
+    are gone. A malformed card is INVALID_ARGUMENT naming its JSON path
+    (e.g. card.skills[2].id) and registers nothing.
+    """
+    ExportAgentCard: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportAgentCardRequest, _registry_pb2.ExportDocumentResponse]  # type: ignore[assignment]
+    """The Agent Card of an agent, from the card it was imported from (kept as
+    it was) with its current state written over it.
+    """
+    ImportMcpServer: _aio.UnaryUnaryMultiCallable[_registry_pb2.ImportMcpServerRequest, _registry_pb2.ImportAgentResponse]  # type: ignore[assignment]
+    """The same for an MCP Registry server.json: a tool agent with one
+    capability per declared tool (from `tools_json`, or the file's
+    publisher-provided tool list).
+    """
+    ExportMcpServer: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportMcpServerRequest, _registry_pb2.ExportDocumentResponse]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +160,46 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         each renewal. The first message names the agent. Closing the stream
         stops the renewals; the lease then runs out as usual.
         """
+
+    @_abc_1.abstractmethod
+    def ImportAgentCard(
+        self,
+        request: _registry_pb2.ImportAgentCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ImportAgentResponse, _abc.Awaitable[_registry_pb2.ImportAgentResponse]]:
+        """Registers (or updates) the agent an A2A Agent Card describes (v0.3 with
+        `url`, or v1.0 with `supportedInterfaces`): one capability per skill.
+        Re-importing a changed card updates what changed and removes skills that
+        are gone. A malformed card is INVALID_ARGUMENT naming its JSON path
+        (e.g. card.skills[2].id) and registers nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportAgentCard(
+        self,
+        request: _registry_pb2.ExportAgentCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ExportDocumentResponse, _abc.Awaitable[_registry_pb2.ExportDocumentResponse]]:
+        """The Agent Card of an agent, from the card it was imported from (kept as
+        it was) with its current state written over it.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportMcpServer(
+        self,
+        request: _registry_pb2.ImportMcpServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ImportAgentResponse, _abc.Awaitable[_registry_pb2.ImportAgentResponse]]:
+        """The same for an MCP Registry server.json: a tool agent with one
+        capability per declared tool (from `tools_json`, or the file's
+        publisher-provided tool list).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportMcpServer(
+        self,
+        request: _registry_pb2.ExportMcpServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ExportDocumentResponse, _abc.Awaitable[_registry_pb2.ExportDocumentResponse]]: ...
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
