@@ -46,6 +46,8 @@ from registry.store.outcomes import OutcomeStore
 from registry.store.policies import PolicyStore
 from registry.store.repository import RegistryStore
 from registry.store.spaces import SpaceStore
+from registry.telemetry import Telemetry, install, uninstall
+from registry.telemetry_setup import TelemetryExporters, build_telemetry
 from registry.transport.convert import agent_from_proto
 from registry.transport.server import GrpcServer
 
@@ -99,6 +101,8 @@ class App:
     outcome_index: OutcomeIndex
     port: int = 0
     operator_key_file: Path | None = None  # written on first start
+    telemetry: Telemetry | None = None  # None: the no-op one (nothing configured)
+    metrics_port: int | None = None  # where Prometheus scrapes /metrics
     listener: ChangeListener | None = None
     _tasks: set[asyncio.Future[object]] = field(default_factory=set)
 
@@ -160,6 +164,9 @@ class App:
                 await self.snapshots.write_now()
             except Exception as exc:
                 log.warning("could not write the shutdown snapshot (%s); the next start rebuilds", exc)
+        if self.telemetry is not None:  # flush the last spans and metrics, stop the metrics endpoint
+            uninstall(self.telemetry)
+            await asyncio.to_thread(self.telemetry.shutdown)
         # Let database work already handed to threads finish before the pool goes away.
         await asyncio.get_running_loop().shutdown_default_executor()
         self.engine.dispose()
@@ -225,9 +232,17 @@ async def bootstrap_space(
         await asyncio.to_thread(store.ensure_space, configured)  # creates it, or checks how it was built
 
 
-async def build_app(settings: Settings, embedder: Embedder | None = None) -> App:
-    """Everything but the listening socket: database, models, vector spaces and their indexes."""
+async def build_app(
+    settings: Settings, embedder: Embedder | None = None, *, exporters: TelemetryExporters | None = None
+) -> App:
+    """Everything but the listening socket: database, models, vector spaces and their indexes.
+    `exporters`: telemetry sinks of the caller's own (tests), besides those the settings name."""
     check_template(settings.capability_template)
+    exporters = exporters or TelemetryExporters()
+    built = build_telemetry(settings, span_exporter=exporters.spans, metric_reader=exporters.metrics)
+    telemetry, metrics_port = built if built is not None else (None, None)
+    if telemetry is not None:
+        install(telemetry)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="capreg")
@@ -318,6 +333,12 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         authenticate=settings.auth_enabled,
         limits=settings.limits(),
     )
+    if telemetry is not None:
+        telemetry.gauge(
+            "capreg.index.capabilities",
+            lambda: [(live.index.live_count, {"space": live.space.name}) for live in spaces.live()],
+        )
+        telemetry.gauge("capreg.changelog.position", lambda: [(follower.position, {})])
     return App(
         settings,
         engine,
@@ -337,4 +358,6 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         outcomes,
         outcome_index,
         operator_key_file=key_file,
+        telemetry=telemetry,
+        metrics_port=metrics_port,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,18 @@ class Settings(BaseSettings):
         return ServerLimits(self.max_message_bytes, self.max_call_s, self.rate_limit_per_key, self.rate_burst_per_key)
 
     max_workers: int = Field(8, ge=1)  # threads for database and embedding work
+
+    # Observability (registry/telemetry.py). Traces: "none" (the default, costs nothing), "console" (spans
+    # printed as JSON), "otlp" (to otel_endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317).
+    # Metrics: a Prometheus scrape endpoint on metrics_port (unset: none; 0 picks a free port) and, with
+    # "otlp", pushed to the same endpoint every metrics_interval_s.
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str = ""
+    otel_service_name: str = "capreg"
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_interval_s: float = Field(15.0, gt=0)
+    log_format: Literal["text", "json"] = "text"
 
     def tls(self) -> TlsFiles | None:
         if self.tls_cert_file is None and self.tls_key_file is None:

@@ -22,6 +22,7 @@ from registry.embedding.base import Embedder
 from registry.store import migrate
 from registry.store.engine import make_engine
 from registry.store.tables import metadata
+from registry.telemetry_setup import TelemetryExporters
 
 T = TypeVar("T")
 PG_ADMIN_URL = os.environ.get("CAPREG_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -91,11 +92,13 @@ def make_agent(name: str = "agent-a", *capabilities: agent_pb2.Capability, **fie
 class ServerThread:
     """A real capreg server on a free port, its event loop in a background thread."""
 
-    def __init__(self, settings: Settings, embedder: Embedder, demo: bool = False):
+    def __init__(
+        self, settings: Settings, embedder: Embedder, demo: bool = False, exporters: TelemetryExporters | None = None
+    ):
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="capreg-test-server")
         self._thread.start()
-        self.app: App = self.run(build_app(settings, embedder))
+        self.app: App = self.run(build_app(settings, embedder, exporters=exporters))
         if demo:
             self.run(self.app.load_demo_if_empty())
         self.port = self.run(self.app.start())
@@ -113,11 +116,17 @@ class ServerThread:
 
 @contextmanager
 def running_server(
-    data_dir: Path, database_url: str, embedder: Embedder, *, demo: bool = False, **settings: Any
+    data_dir: Path,
+    database_url: str,
+    embedder: Embedder,
+    *,
+    demo: bool = False,
+    exporters: TelemetryExporters | None = None,
+    **settings: Any,
 ) -> Iterator[ServerThread]:
     settings.setdefault("auth_enabled", False)  # the auth suites switch it on
     config = Settings(host="127.0.0.1", port=0, data_dir=data_dir, database_url=database_url, **settings)
-    server = ServerThread(config, embedder, demo=demo)
+    server = ServerThread(config, embedder, demo=demo, exporters=exporters)
     try:
         yield server
     finally:

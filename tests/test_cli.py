@@ -204,3 +204,7 @@ def test_import_export_and_watch_from_the_command_line(tmp_path: Path, embedder:
             assert watcher.wait(timeout=30) == 0  # --updates 2: it stops by itself
         finally:
             watcher.kill()
+            watcher.wait(timeout=30)
+            reader.join(timeout=30)
+            if watcher.stdout is not None:
+                watcher.stdout.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from registry.cli.policies import policies
 from registry.cli.status import status
 from registry.cli.vectors import vectors
 from registry.cli.watch import watch_answers
+from registry.logs import configure as configure_logging
 from registry.manifest import ManifestError, load_agents
 
 
@@ -100,6 +100,21 @@ def cli() -> None:
     is_flag=True,
     help="Switch authentication off: every caller acts as a cluster operator. Local development only.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="json: one object per line with trace and span ids (env CAPREG_LOG_FORMAT; default text).",
+)
+@click.option(
+    "--otel-exporter",
+    type=click.Choice(["none", "console", "otlp"]),
+    help="Where traces go (env CAPREG_OTEL_EXPORTER; otlp: to CAPREG_OTEL_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (env CAPREG_METRICS_PORT; 0: a free port).",
+)
 def serve(
     host: str,
     port: int,
@@ -111,15 +126,18 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     insecure_no_auth: bool,
+    log_format: str | None,
+    otel_exporter: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Serve the registry over gRPC until SIGTERM or Ctrl-C."""
     from registry.config import Settings
     from registry.domain.errors import DomainError
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "sentence_transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     overrides: dict[str, Any] = {"auth_enabled": False} if insecure_no_auth else {}
+    for name, value in (("log_format", log_format), ("otel_exporter", otel_exporter), ("metrics_port", metrics_port)):
+        if value is not None:
+            overrides[name] = value
     settings = Settings(
         host=host,
         port=port,
@@ -130,6 +148,7 @@ def serve(
         tls_client_ca_file=tls_client_ca,
         **overrides,
     )
+    configure_logging(log_level, settings.log_format)
     try:
         settings.tls()
     except ValueError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from registry.files import file_sha256
+from registry.telemetry import record_batch
 
 # The upstream sentence-transformers/all-MiniLM-L6-v2 model.safetensors.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -81,9 +83,11 @@ class SentenceTransformerEmbedder:
                     out[i] = cached
             if missing:
                 unique = list(missing)
+                started = time.perf_counter()
                 vectors = self._model.encode(
                     unique, batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True
                 ).astype(np.float32)
+                record_batch(self.model_name, len(unique), started)
                 for text, vector in zip(unique, vectors, strict=True):
                     out[missing[text]] = vector
                     self._cache[text] = vector

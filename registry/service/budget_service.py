@@ -14,8 +14,10 @@ from dataclasses import replace
 from registry.domain import budget as b
 from registry.domain import validation as v
 from registry.domain.budget import Budget, BudgetRef, BudgetWrite, Reservation, ReservationWrite
+from registry.domain.errors import DomainError
 from registry.domain.models import Caller
 from registry.store.budgets import BudgetStore
+from registry.telemetry import current
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +72,29 @@ class BudgetService:
         b.check_id(budget_id, "budget_id")
         b.check_amount(amount_usd)
         b.check_ttl(ttl_s)
-        return await asyncio.to_thread(self._store.reserve, tenant, budget_id, amount_usd, ttl_s)
+        try:
+            written = await asyncio.to_thread(self._store.reserve, tenant, budget_id, amount_usd, ttl_s)
+        except DomainError as error:
+            current().reservations.add(1, {"operation": "reserve", "result": error.code.value})
+            raise
+        current().reservations.add(1, {"operation": "reserve", "result": "ok"})
+        return written
 
     async def commit(self, caller: Caller, reservation_id: str, actual_usd: float | None = None) -> ReservationWrite:
         tenant = v.tenant_or_default(caller.tenant, "tenant")
         b.check_id(reservation_id, "reservation_id")
         if actual_usd is not None:
             b.check_actual(actual_usd)
-        return await asyncio.to_thread(self._store.commit, tenant, reservation_id, actual_usd)
+        written = await asyncio.to_thread(self._store.commit, tenant, reservation_id, actual_usd)
+        current().reservations.add(1, {"operation": "commit", "result": "ok"})
+        return written
 
     async def release(self, caller: Caller, reservation_id: str) -> ReservationWrite:
         tenant = v.tenant_or_default(caller.tenant, "tenant")
         b.check_id(reservation_id, "reservation_id")
-        return await asyncio.to_thread(self._store.release, tenant, reservation_id)
+        written = await asyncio.to_thread(self._store.release, tenant, reservation_id)
+        current().reservations.add(1, {"operation": "release", "result": "ok"})
+        return written
 
     async def get_reservation(self, caller: Caller, reservation_id: str) -> Reservation:
         tenant = v.tenant_or_default(caller.tenant, "tenant")

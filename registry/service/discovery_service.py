@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry import trace
 
 from registry.domain import validation as v
 from registry.domain.errors import FailedPrecondition
@@ -30,6 +31,7 @@ from registry.index.policy_mask import policy_mask
 from registry.service.outcomes import NO_VOTES, DiscoverMemory, OutcomeIndex, Votes
 from registry.service.serving import ServingSpace, Spaces
 from registry.service.shadow import ShadowRecorder
+from registry.telemetry import current
 
 SIMILARITY_WEIGHT = 0.9
 QUALITY_WEIGHT = 0.1
@@ -70,9 +72,11 @@ class DiscoveryService:
         v.validate_discover(query)
         query = _with_tenant(query)
         timings: dict[str, float] = {}
+        telemetry = current()
         if query.min_seq > self.spaces.serving.index.watermark and self._sync is not None:
             t0 = time.perf_counter()
-            await self._sync(query.min_seq)
+            with telemetry.span("wait_min_seq", min_seq=query.min_seq):
+                await self._sync(query.min_seq)
             timings["wait_min_seq"] = _ms(t0)
         # One space answers the whole request, even if another is promoted meanwhile.
         live = self.spaces.get(query.vector_space) if query.vector_space else self.spaces.serving
@@ -83,14 +87,16 @@ class DiscoveryService:
         else:
             assert query.text is not None
             t0 = time.perf_counter()
-            vector = (await asyncio.to_thread(live.embedder.embed, [query.text]))[0]
+            with telemetry.span("embed", **{"capreg.space": space.name}):
+                vector = (await asyncio.to_thread(live.embedder.embed, [query.text]))[0]
             timings["embed"] = _ms(t0)
         budget_left = None
         if query.budget_id:
             if self._budgets is None:
                 raise FailedPrecondition("this server keeps no budgets; leave budget_id empty")
             t0 = time.perf_counter()
-            budget_left = await self._budgets.remaining_usd(query.caller, query.budget_id)
+            with telemetry.span("database", **{"db.operation": "budget remaining"}):
+                budget_left = await self._budgets.remaining_usd(query.caller, query.budget_id)
             timings["budget"] = _ms(t0)
         result = self.search(live, query, vector, budget_left, timings, started)
         result = replace(result, discover_id=self.memory.remember(query.tenant, space.name, vector, query.text))
@@ -109,25 +115,79 @@ class DiscoveryService:
         started: float,
     ) -> DiscoverResult:
         """Synchronous on the event loop: the index never changes under a search."""
+        telemetry = current()
         index = live.index
         t0 = time.perf_counter()
-        rules = policy_mask(index.columns, index.size, self._policies(query.tenant), query.caller, query.task_labels)
-        mask, exclusions = constraint_mask(
-            index.columns,
-            index.size,
-            query.tenant,
-            query.filters,
-            query.estimated_input_tokens,
-            query.estimated_output_tokens,
-            budget_left,
-            rules,
-        )
+        with telemetry.span("constraint_mask") as span:
+            rules = policy_mask(
+                index.columns, index.size, self._policies(query.tenant), query.caller, query.task_labels
+            )
+            mask, exclusions = constraint_mask(
+                index.columns,
+                index.size,
+                query.tenant,
+                query.filters,
+                query.estimated_input_tokens,
+                query.estimated_output_tokens,
+                budget_left,
+                rules,
+            )
+            allowed = int(np.count_nonzero(mask))
+            span.set_attribute("capreg.candidates", allowed)
         timings["filter"] = _ms(t0)
         t0 = time.perf_counter()
-        found = index.search(vector, query.top_k + RERANK_EXTRA, mask)
+        with telemetry.span("plan") as plan_span, telemetry.span("index_search") as search_span:
+            found = index.search(vector, query.top_k + RERANK_EXTRA, mask)
+            plan_span.set_attribute("capreg.plan", found.plan)
+            search_span.set_attributes({"capreg.found": len(found.rows), "capreg.hnsw_ef": found.ef})
         timings["search"] = _ms(t0)
+        telemetry.discover_plans.add(1, {"plan": found.plan, "space": live.space.name})
         t0 = time.perf_counter()
-        candidates = dict(zip(found.rows.tolist(), found.similarities.tolist(), strict=True))
+        with telemetry.span("rank"):
+            answer = self._rank(live, query, vector, mask, found.rows, found.similarities, timings, t0)
+        timings["rank"] = _ms(t0)
+        timings["total"] = _ms(started)
+        trace.get_current_span().set_attributes(
+            {
+                "capreg.tenant": query.tenant,
+                "capreg.top_k": query.top_k,
+                "capreg.candidates": allowed,
+                "capreg.plan": found.plan,
+                "capreg.space": live.space.name,
+                "capreg.matches": len(answer),
+            }
+        )
+        explanation = Explanation(
+            candidates_total=index.live_count,
+            candidates_allowed=allowed,
+            plan=found.plan,
+            timings_ms=timings,
+            exclusions=exclusions,
+            hnsw_ef=found.ef,
+            hnsw_rounds=found.rounds,
+        )
+        return DiscoverResult(
+            matches=tuple(answer),
+            explanation=explanation,
+            vector_space=live.space.name,
+            watermark=index.watermark,
+        )
+
+    def _rank(
+        self,
+        live: ServingSpace,
+        query: DiscoverQuery,
+        vector: npt.NDArray[np.float32],
+        mask: npt.NDArray[np.bool_],
+        rows: npt.NDArray[np.int64],
+        similarities: npt.NDArray[np.float32],
+        timings: dict[str, float],
+        t0: float,
+    ) -> list[Match]:
+        """The candidates (the search's and those past outcomes point to), scored, blended, ordered."""
+        index = live.index
+        found_rows, found_similarities = rows, similarities
+        candidates = dict(zip(found_rows.tolist(), found_similarities.tolist(), strict=True))
         votes = self.outcomes.votes(live.space.id, query.tenant, vector) if self.outcomes is not None else NO_VOTES
         if votes:  # the capabilities with outcomes near this task are candidates too, if allowed
             unit = vector / max(float(np.linalg.norm(vector)), 1e-30)
@@ -143,23 +203,7 @@ class DiscoveryService:
         answer = matches[: query.top_k]
         if query.exploration_rate > 0 and self._random.random() < query.exploration_rate:
             answer = explore(answer, votes)
-        timings["rank"] = _ms(t0)
-        timings["total"] = _ms(started)
-        explanation = Explanation(
-            candidates_total=index.live_count,
-            candidates_allowed=int(np.count_nonzero(mask)),
-            plan=found.plan,
-            timings_ms=timings,
-            exclusions=exclusions,
-            hnsw_ef=found.ef,
-            hnsw_rounds=found.rounds,
-        )
-        return DiscoverResult(
-            matches=tuple(answer),
-            explanation=explanation,
-            vector_space=live.space.name,
-            watermark=index.watermark,
-        )
+        return answer
 
     def next_lease_expiry(self, result: DiscoverResult) -> float | None:
         """The earliest lease expiry (epoch seconds) among the answer's matches; None when none expires."""

@@ -17,11 +17,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
 from registry.domain.errors import InvalidArgument
 from registry.service.serving import Spaces
 from registry.store.changelog import ChangeRow
 from registry.store.repository import RegistryStore
+from registry.telemetry import current
 
 log = logging.getLogger(__name__)
 Handler = Callable[[], Awaitable[object]]
@@ -146,6 +148,15 @@ class ChangeFollower:
         return self._store.changes_after(after, self._batch)
 
     async def _apply(self, rows: Sequence[ChangeRow]) -> None:
+        telemetry = current()
+        with telemetry.span("changelog.apply", **{"capreg.changes": len(rows), "capreg.to_seq": rows[-1].seq}):
+            await self._apply_rows(rows)
+        applied = datetime.now(UTC)
+        for row in rows:
+            if row.created_at is not None:
+                telemetry.apply_delay.record(max((applied - row.created_at).total_seconds(), 0.0))
+
+    async def _apply_rows(self, rows: Sequence[ChangeRow]) -> None:
         started = time.perf_counter()
         agents: dict[str, int] = {}  # agent id -> its newest seq in this batch
         others: set[str] = set()

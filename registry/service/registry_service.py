@@ -20,6 +20,7 @@ from registry.embedding.template import render, text_hash
 from registry.service.calls import settle
 from registry.service.serving import ServingSpace, Spaces
 from registry.store.repository import RegistryStore, SpaceVectors, vector_to_bytes
+from registry.telemetry import current
 
 log = logging.getLogger(__name__)
 MIN_LEASE_S = 1.0
@@ -45,20 +46,24 @@ class RegistryService:
         validate_lease_ttl(agent.lease_ttl_s, "agent.lease_ttl", allow_zero=True)
         v.check_generation(expected_generation, "expected_generation")
         supplied = self._supplied_vectors(agent)
-        primary, *others = [
-            await self._vectors_for(live, agent, supplied.get(live.space.name, {})) for live in self._spaces.live()
-        ]
-        result = await asyncio.to_thread(
-            self._store.register,
-            agent,
-            expected_generation,
-            primary.space_id,
-            primary.hashes,
-            primary.vectors,
-            more=others,
-            document=document,
-        )
-        await self._settle(result.token)
+        telemetry = current()
+        with telemetry.span("embed", **{"capreg.capabilities": len(agent.capabilities)}):
+            primary, *others = [
+                await self._vectors_for(live, agent, supplied.get(live.space.name, {})) for live in self._spaces.live()
+            ]
+        with telemetry.span("database", **{"db.operation": "register agent"}):
+            result = await asyncio.to_thread(
+                self._store.register,
+                agent,
+                expected_generation,
+                primary.space_id,
+                primary.hashes,
+                primary.vectors,
+                more=others,
+                document=document,
+            )
+        with telemetry.span("wait_for_index", **{"capreg.token": result.token}):
+            await self._settle(result.token)
         return result
 
     async def _vectors_for(
@@ -133,6 +138,7 @@ class RegistryService:
         for agent_id in await asyncio.to_thread(self._store.expired_agents, before):
             if seq := await asyncio.to_thread(self._store.remove_if_expired, agent_id, before):
                 removed += 1
+                current().leases_removed.add(1)
                 log.info("removed agent %s: its lease ran out more than %g s ago (change %d)", agent_id, grace_s, seq)
         return removed
 

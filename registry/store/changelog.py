@@ -32,6 +32,7 @@ class ChangeRow:
     entity: str
     entity_id: str
     op: str
+    created_at: datetime | None = None  # when the writer made the change (UTC)
 
 
 def append(conn: Connection, tenant: str, entity: str, entity_id: str, op: str, now: datetime | None = None) -> int:
@@ -51,11 +52,14 @@ def append(conn: Connection, tenant: str, entity: str, entity_id: str, op: str, 
 def read_after(conn: Connection, after: int, limit: int, entity: str = "") -> Sequence[ChangeRow]:
     """Committed changes with seq > after (of one entity, when given), oldest first."""
     log = t.change_log.c
-    stmt = select(log.seq, log.tenant_id, log.entity, log.entity_id, log.op).where(log.seq > after)
+    stmt = select(log.seq, log.tenant_id, log.entity, log.entity_id, log.op, log.created_at).where(log.seq > after)
     if entity:
         stmt = stmt.where(log.entity == entity)
     rows = conn.execute(stmt.order_by(log.seq).limit(limit))
-    return [ChangeRow(int(seq), tenant, kind, entity_id, op) for seq, tenant, kind, entity_id, op in rows]
+    return [
+        ChangeRow(int(seq), tenant, kind, entity_id, op, at if at is None or at.tzinfo else at.replace(tzinfo=UTC))
+        for seq, tenant, kind, entity_id, op, at in rows
+    ]
 
 
 def last_seq(conn: Connection, entities: Sequence[str] = ()) -> int:

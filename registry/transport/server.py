@@ -41,6 +41,7 @@ from registry.transport.limits import RateLimiter
 from registry.transport.outcome_servicer import OutcomeServicer
 from registry.transport.policy_servicer import PolicyServicer
 from registry.transport.servicers import DiscoveryServicer, RegistryServicer
+from registry.transport.telemetry_interceptor import TelemetryInterceptor
 
 SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
@@ -73,6 +74,7 @@ class GrpcServer:
         self.server = grpc.aio.server(
             # The error interceptor is outermost, so authentication failures map like any other error.
             interceptors=[
+                TelemetryInterceptor(),
                 ErrorInterceptor(max_call_s=limits.max_call_s),
                 AuthInterceptor(
                     keys if authenticate else None, RateLimiter(limits.calls_per_s_per_key, limits.burst_per_key)
