@@ -56,3 +56,14 @@ def test_reliability_benchmark_smoke() -> None:
     assert [r["mode"] for r in db["restarts"]] == ["fast", "immediate"]
     assert db["writes_found"] == db["writes_acknowledged"] > 0
     assert set(db["refused_codes"]) == {"UNAVAILABLE"} and db["refused_without_retry_hint"] == 0
+
+
+def test_telemetry_overhead_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "telemetry_overhead.py"), "--smoke"],
+        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["calls_per_mode"] == 100
+    assert summary["spans_exported_while_on"] >= 100  # spans only while on: a server span and its children
+    assert summary["off_wrapper_us_per_call"] > 0
