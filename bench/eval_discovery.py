@@ -124,10 +124,12 @@ and does everything through the gRPC API:
 
 How Discover uses outcomes (`registry/service/outcomes.py`, `registry/service/discovery_service.py`): the
 10 past outcomes of the same tenant in the same vector space nearest to the task (cosine between task
-vectors) vote, each weighted by max(similarity, 0)^4; a capability's vote is
-sum(w * (2*score - 1)) / sum(w) over its outcomes among them, in [-1, 1]. The candidates are the usual
-top k+10 by similarity plus the capabilities that voted (when the constraints allow them), ranked by
-0.9 * similarity + 0.1 * quality_prior + 0.8 * vote. With no outcomes the ranking is exactly the
+vectors) vote, each weighted w = max(similarity, 0)^4; a capability's vote is
+(sum of w * (2*score - 1) over its outcomes among them + m * (2*rate - 1)) / (sum of all their w + m), in
+[-1, 1], where rate is its overall success rate for the tenant (shrunk toward 0.5) and m = 0.5^4 (the rate
+weighs as much as one outcome at similarity 0.5); capabilities with no outcome among them vote 0. The
+candidates are the usual top k+10 by similarity plus the capabilities that voted (when the constraints
+allow them), ranked by 0.9 * similarity + 0.1 * quality_prior + 0.8 * vote. With no outcomes the ranking is exactly the
 descriptions' one. Every Discover explains the terms (`learned_quality` carries the vote).
 
 Reproduce: `.venv/bin/python bench/eval_discovery.py` (`--smoke` for a small run).

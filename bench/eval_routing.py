@@ -378,6 +378,17 @@ that costs the same (the straight line between always-Mixtral and always-GPT-4).
 
 Of the {len(interior)} knob values that mix the two models, {above} lie above the line.
 
+How to read it. Each held-out prompt is embedded once here (the same model and code as the server's text
+path) and discovered by vector, once per knob value. Discover's learned quality for each model is its signed
+share of the evidence among the 10 past outcomes nearest to the prompt (the 5 nearest training prompts,
+one outcome per model each), plus the model's overall success rate weighing as much as one outcome at
+similarity 0.5 (registry/service/outcomes.py `Votes`). The overall rate is what sends the quality-only end
+to GPT-4 when the neighbours do not tell the models apart. With two candidates the cost term is a threshold
+on the estimated accuracy gap (GPT-4 wins when (1-a) * 0.8 * gap > a * (1 - Mixtral's cost / GPT-4's cost)),
+so the sweep moves from mostly GPT-4 to only Mixtral. The lift over the line is small next to the
+oracle's: MiniLM places prompts by topic, not by difficulty, and within a subject GPT-4's advantage is
+mostly prompt-specific (RouteLLM's paper finds MMLU hard to route from embeddings too).
+
 Reproduce: `{command}` ({timings["total_s"]:.0f} s on two cores: {timings["report_s"]:.0f} s
 reporting, {timings["discover_s"]:.0f} s for {timings["discovers"]:.0f} Discovers, 16 calls in flight; without
 `--limit` every prompt, `--smoke` for a small run).
