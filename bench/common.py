@@ -52,7 +52,13 @@ class ServerProcess:
     """`capreg serve --port 0` as a child process: the production entry point, with its own GIL, so
     the load generator does not share an interpreter with the server."""
 
-    def __init__(self, data_dir: Path, database_url: str | None = None, start_timeout_s: float = 180.0):
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        start_timeout_s: float = 180.0,
+        log_level: str = "WARNING",
+    ):
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / "server.log"
@@ -68,7 +74,7 @@ class ServerProcess:
             "--data-dir",
             str(data_dir),
             "--log-level",
-            "WARNING",
+            log_level,
         ]
         if database_url:
             command += ["--database-url", database_url]

@@ -67,3 +67,15 @@ def test_telemetry_overhead_benchmark_smoke() -> None:
     assert summary["calls_per_mode"] == 100
     assert summary["spans_exported_while_on"] >= 100  # spans only while on: a server span and its children
     assert summary["off_wrapper_us_per_call"] > 0
+
+
+def test_text_discover_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "discover_text.py"), "--smoke"],
+        capture_output=True, text=True, check=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    distinct = summary["results"]["distinct"]
+    assert distinct["model_calls"] > 0 and distinct["per_second"] > 0
+    assert distinct["mean_batch"] > 1.0  # 32 callers of new texts share model calls
+    assert summary["results"]["repeated"]["model_calls"] == 0  # repeated texts come from the cache

@@ -3,7 +3,6 @@ policy, status, filters, budget), search, rank, explain."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections import deque
@@ -88,7 +87,7 @@ class DiscoveryService:
             assert query.text is not None
             t0 = time.perf_counter()
             with telemetry.span("embed", **{"capreg.space": space.name}):
-                vector = (await asyncio.to_thread(live.embedder.embed, [query.text]))[0]
+                vector = await live.batcher.embed(query.text)
             timings["embed"] = _ms(t0)
         budget_left = None
         if query.budget_id:

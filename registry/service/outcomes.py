@@ -358,7 +358,7 @@ class OutcomeService:
         if report.text is None:
             raise InvalidArgument("task", "give the task: discover_id, text or vector")
         v.check_text(report.text, "text", v.MAX_QUERY_TEXT, required=True)
-        vector = (await asyncio.to_thread(live.embedder.embed, [report.text]))[0]
+        vector = await live.batcher.embed(report.text)
         return live, vector, report.text
 
     async def _settle(self, token: int) -> None:

@@ -77,7 +77,7 @@ class RegistryService:
         vectors.update(await asyncio.to_thread(self._store.vectors_by_text, space.id, set(hashes) - set(vectors)))
         missing = [(h, text) for h, text in dict(zip(hashes, texts, strict=True)).items() if h not in vectors]
         if missing:
-            embedded = await asyncio.to_thread(live.embedder.embed, [text for _, text in missing])
+            embedded = await live.batcher.embed_many([text for _, text in missing])
             for (h, _), vector in zip(missing, embedded, strict=True):
                 vectors[h] = vector_to_bytes(np.asarray(vector, dtype=np.float32))
         return SpaceVectors(space.id, hashes, vectors)

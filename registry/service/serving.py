@@ -6,21 +6,27 @@ Only the event-loop thread changes this."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from registry.domain.errors import NotFound
 from registry.domain.models import VectorSpace
 from registry.embedding.base import Embedder
+from registry.embedding.batcher import EmbedBatcher
 from registry.index.space_index import SpaceIndex
 
 
 @dataclass(slots=True)
 class ServingSpace:
-    """One live space: its row, its embedder and its index."""
+    """One live space: its row, its embedder (with the micro-batcher concurrent requests share) and its
+    index."""
 
     space: VectorSpace
     embedder: Embedder
     index: SpaceIndex
+    batcher: EmbedBatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = EmbedBatcher(self.embedder)
 
 
 class Spaces:

@@ -48,7 +48,7 @@ class ShadowRecorder:
         name = live.space.name
         try:
             assert query.text is not None
-            vector = (await asyncio.to_thread(live.embedder.embed, [query.text]))[0]
+            vector = await live.batcher.embed(query.text)
             shadow = self._discovery.search(live, query, vector, budget_left, {}, time.perf_counter())
             comparison = self.stats.setdefault(name, Comparison(k=query.top_k))
             comparison.add(

@@ -1,0 +1,151 @@
+"""Discover by text under concurrent load: requests per second and latency with 32 callers of distinct
+texts (every text new to the server, so each one is embedded), and with repeated texts (served from the
+embedding cache), beside the null RPC (gRPC health Check) in the same run, against a `capreg serve` child
+process. Concurrent texts share model calls through the micro-batcher (registry/embedding/batcher.py); the
+mean batch size is read from the server's own metrics (capreg_embed_batch_size).
+
+    .venv/bin/python bench/discover_text.py            # 32 in flight, 10 s per workload
+    .venv/bin/python bench/discover_text.py --smoke    # a few seconds, no targets checked
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from capreg.v1 import agent_pb2
+from capreg_client import AsyncCapregClient, CapregClient
+
+if __package__ in (None, ""):  # run as `python bench/discover_text.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import LatencyStats, ServerProcess, machine, scratch_dir
+
+SUBJECTS = ["invoices", "contracts", "podcasts", "photos", "tickets", "shipments", "patients", "leases",
+            "payrolls", "recipes", "flights", "lawsuits", "poems", "spreadsheets", "emails", "meetings"]  # fmt: skip
+VERBS = ["summarize", "translate", "classify", "extract the totals from", "check", "route", "draft replies to",
+         "find duplicates in", "redact", "index", "score", "review"]  # fmt: skip
+METRICS_LINE = re.compile(r"metrics for Prometheus at http://[^:]+:(\d+)/metrics")
+
+
+def texts(count: int, offset: int) -> list[str]:
+    """Distinct, task-like texts: every one differs, so every one is embedded."""
+    found = []
+    for i in itertools.islice(itertools.count(offset), count):
+        verb, subject = VERBS[i % len(VERBS)], SUBJECTS[(i // len(VERBS)) % len(SUBJECTS)]
+        found.append(f"please {verb} the {subject} of batch {i} for the team in office {i % 97}")
+    return found
+
+
+async def closed_loop(
+    call: Callable[[int], Awaitable[object]], concurrency: int, seconds: float
+) -> tuple[int, float, list[int]]:
+    counter = itertools.count()
+    latencies: list[int] = []
+    deadline = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter_ns()
+            await call(next(counter))
+            latencies.append(time.perf_counter_ns() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return len(latencies), time.perf_counter() - started, latencies
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    found: dict[str, float] = {}
+    for name in ("capreg_embed_batch_size_sum", "capreg_embed_batch_size_count"):
+        values = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} ([0-9.e+]+)$", body, re.MULTILINE)]
+        found[name] = sum(values)
+    return found
+
+
+async def load(target: str, api_key: str | None, concurrency: int, seconds: float, metrics_port: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    offset = itertools.count(10_000_000, 1)
+    repeated = texts(64, 0)
+    async with AsyncCapregClient(target, timeout=60, api_key=api_key) as client:
+        workloads: dict[str, Callable[[int], Awaitable[object]]] = {
+            "null": lambda i: client.health(),
+            "distinct": lambda i: client.discover(texts(1, next(offset))[0], top_k=5),
+            "repeated": lambda i: client.discover(repeated[i % len(repeated)], top_k=5),
+        }
+        for workload in workloads.values():  # warm-up (and fills the cache for "repeated")
+            await closed_loop(workload, concurrency, min(2.0, seconds / 3))
+        for name, workload in workloads.items():
+            before = scrape(metrics_port)
+            calls, elapsed, latencies = await closed_loop(workload, concurrency, seconds)
+            after = scrape(metrics_port)
+            batches = after["capreg_embed_batch_size_count"] - before["capreg_embed_batch_size_count"]
+            embedded = after["capreg_embed_batch_size_sum"] - before["capreg_embed_batch_size_sum"]
+            results[name] = {
+                "per_second": round(calls / elapsed, 1),
+                "latency": LatencyStats.of(np.asarray(latencies, dtype=np.int64)).as_dict(),
+                "model_calls": int(batches),
+                "mean_batch": round(embedded / batches, 2) if batches else 0.0,
+            }
+            print(f"{name}: {results[name]}", file=sys.stderr)
+    return results
+
+
+def register(target: str, api_key: str | None, count: int) -> None:
+    rng = np.random.default_rng(7)
+    with CapregClient(target, timeout=60, api_key=api_key) as client:
+        for a in range(count):
+            vector = rng.standard_normal(384).astype(np.float32)
+            vector /= np.linalg.norm(vector)
+            cap = agent_pb2.Capability(
+                name="work", version="1.0.0", description=f"does work {a}",
+                vector=agent_pb2.Vector(values=vector.tolist()),
+            )  # fmt: skip
+            client.register_agent(
+                agent_pb2.Agent(name=f"agent-{a}", kind=agent_pb2.AGENT_KIND_TOOL, capabilities=[cap])
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="2 s per workload, 200 capabilities")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--capabilities", type=int, default=1000)
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.capabilities = 2.0, 200
+    os.environ["CAPREG_METRICS_PORT"] = "0"
+    os.environ["CAPREG_METRICS_HOST"] = "127.0.0.1"
+    with scratch_dir() as scratch, ServerProcess(scratch / "server", log_level="INFO") as server:
+        port_line = METRICS_LINE.search(server.log_path.read_text())
+        assert port_line is not None, server.log_tail()
+        register(server.target, server.api_key, args.capabilities)
+        results = asyncio.run(
+            load(server.target, server.api_key, args.concurrency, args.seconds, int(port_line.group(1)))
+        )
+    summary = {
+        "concurrency": args.concurrency,
+        "seconds_per_workload": args.seconds,
+        "capabilities": args.capabilities,
+        "results": results,
+        "distinct_over_null_per_second": round(results["distinct"]["per_second"] / results["null"]["per_second"], 3),
+        "machine": machine(),
+    }
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
