@@ -332,6 +332,7 @@ async def build_app(
         InteropService(registry, store),
         authenticate=settings.auth_enabled,
         limits=settings.limits(),
+        reuse_port=settings.reuse_port,
     )
     if telemetry is not None:
         telemetry.gauge(

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
         return ServerLimits(self.max_message_bytes, self.max_call_s, self.rate_limit_per_key, self.rate_burst_per_key)
 
     max_workers: int = Field(8, ge=1)  # threads for database and embedding work
+    # Share the port with other processes (SO_REUSEPORT; `capreg serve --workers N` sets it for its workers).
+    reuse_port: bool = False
 
     # Observability (registry/telemetry.py). Traces: "none" (the default, costs nothing), "console" (spans
     # printed as JSON), "otlp" (to otel_endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from registry.cli.policies import policies
 from registry.cli.status import status
 from registry.cli.vectors import vectors
 from registry.cli.watch import watch_answers
+from registry.cli.workers import run_workers
 from registry.logs import configure as configure_logging
 from registry.manifest import ManifestError, load_agents
 
@@ -115,6 +117,13 @@ def cli() -> None:
     type=click.IntRange(0, 65535),
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (env CAPREG_METRICS_PORT; 0: a free port).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port (SO_REUSEPORT), each a replica with its own index; PostgreSQL only.",
+)
 def serve(
     host: str,
     port: int,
@@ -129,6 +138,7 @@ def serve(
     log_format: str | None,
     otel_exporter: str | None,
     metrics_port: int | None,
+    workers: int,
 ) -> None:
     """Serve the registry over gRPC until SIGTERM or Ctrl-C."""
     from registry.config import Settings
@@ -149,6 +159,15 @@ def serve(
         **overrides,
     )
     configure_logging(log_level, settings.log_format)
+    if workers > 1:
+        if settings.is_embedded():
+            fail("--workers needs a PostgreSQL database (--database-url): one process owns the embedded SQLite")
+        passed = {"--database-url": database_url, "--log-level": log_level, "--tls-cert": tls_cert,
+                  "--tls-key": tls_key, "--tls-client-ca": tls_client_ca, "--log-format": log_format,
+                  "--otel-exporter": otel_exporter}  # fmt: skip
+        serve_args = [part for flag, value in passed.items() if value is not None for part in (flag, str(value))]
+        serve_args += ["--demo"] * demo + ["--insecure-no-auth"] * insecure_no_auth
+        sys.exit(run_workers(workers, host, port, data_dir, serve_args, metrics_port))
     try:
         settings.tls()
     except ValueError as error:

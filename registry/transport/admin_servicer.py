@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,7 @@ from registry.domain.models import SpaceState
 from registry.service.admin_service import AdminService, CompareTask, SpaceStatus
 from registry.transport.convert import timestamp
 
+INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
 Context = grpc.aio.ServicerContext[Any, Any]
 STATE_TO_PROTO = {
     SpaceState.BUILDING: admin_pb2.SPACE_STATE_BUILDING,
@@ -78,6 +81,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             snapshot_error=status.snapshot_error,
             follower_error=status.follower_error,
             changes_applied=status.changes_applied,
+            instance=INSTANCE,
         )
 
     async def CreateSpace(self, request: admin_pb2.CreateSpaceRequest, context: Context) -> admin_pb2.Space:

@@ -69,6 +69,7 @@ class GrpcServer:
         interop: InteropService | None = None,
         authenticate: bool = True,
         limits: ServerLimits | None = None,
+        reuse_port: bool = False,
     ):
         limits = limits or ServerLimits()
         self.server = grpc.aio.server(
@@ -83,7 +84,8 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", limits.max_message_bytes),
                 ("grpc.max_send_message_length", limits.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Off unless asked (`serve --workers`): a second server on a taken port must fail, not share it.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, interop), self.server)

@@ -555,6 +555,7 @@ class IndexStatus(_message.Message):
     SNAPSHOT_ERROR_FIELD_NUMBER: _builtins.int
     FOLLOWER_ERROR_FIELD_NUMBER: _builtins.int
     CHANGES_APPLIED_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     vector_space: _builtins.str
     watermark: _builtins.int
     """Every change up to this sequence number is applied here."""
@@ -583,6 +584,10 @@ class IndexStatus(_message.Message):
     """why the log cannot be read now; empty when it can"""
     changes_applied: _builtins.int
     """since start-up"""
+    instance: _builtins.str
+    """The process that answered (host:pid): with `capreg serve --workers N`
+    several processes share one port, each with its own index.
+    """
     @_builtins.property
     def snapshot_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -602,10 +607,11 @@ class IndexStatus(_message.Message):
         snapshot_error: _builtins.str = ...,
         follower_error: _builtins.str = ...,
         changes_applied: _builtins.int = ...,
+        instance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot_time", b"snapshot_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "changes_applied", b"changes_applied", "digest", b"digest", "follower_error", b"follower_error", "log_head", b"log_head", "ready", b"ready", "snapshot_error", b"snapshot_error", "snapshot_time", b"snapshot_time", "snapshot_watermark", b"snapshot_watermark", "startup_reason", b"startup_reason", "startup_seconds", b"startup_seconds", "startup_source", b"startup_source", "vector_space", b"vector_space", "watermark", b"watermark"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "changes_applied", b"changes_applied", "digest", b"digest", "follower_error", b"follower_error", "instance", b"instance", "log_head", b"log_head", "ready", b"ready", "snapshot_error", b"snapshot_error", "snapshot_time", b"snapshot_time", "snapshot_watermark", b"snapshot_watermark", "startup_reason", b"startup_reason", "startup_seconds", b"startup_seconds", "startup_source", b"startup_source", "vector_space", b"vector_space", "watermark", b"watermark"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
