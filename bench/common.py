@@ -191,3 +191,15 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "loadavg_1m_at_start": round(load[0], 2),
     }
+
+
+def write_marked_section(docs: Path, start: str, end: str, section: str) -> None:
+    """Replace a benchmark's section between its markers (`section` includes them), or append it: the rest
+    of the page belongs to other benchmarks."""
+    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    docs.write_text(text)

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shlex
 import sys
 import time
@@ -589,17 +588,6 @@ How it was measured:
 """
 
 
-def write_section(docs: Path, section: str) -> None:
-    """Replace this benchmark's section between its markers, or append it: the rest of the page is not ours."""
-    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(MARK_START) + r".*?" + re.escape(MARK_END) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    docs.write_text(text)
-
-
 # -- command line ------------------------------------------------------------------------------------
 
 
@@ -640,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         docs: Path = (args.docs or DOCS).resolve()
         image = docs.parent / "img" / PLOT.name
         plot(summary, image)
-        write_section(docs, markdown(summary, image, docs))
+        common.write_marked_section(docs, MARK_START, MARK_END, markdown(summary, image, docs))
         err.print(f"wrote {docs} (its filtered section) and {image}")
     print(json.dumps(summary, indent=2))
     null = summary["null"]["p50_ms"]

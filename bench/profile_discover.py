@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from capreg.v1 import agent_pb2
 from capreg_client import AsyncCapregClient, CapregClient
 
@@ -27,9 +28,13 @@ from bench.common import REPO, ServerProcess, scratch_dir
 DIM = 384
 
 
-def unit_rows(count: int, rng: np.random.Generator) -> np.ndarray:  # type: ignore[type-arg]
+Rows = npt.NDArray[np.float32]
+
+
+def unit_rows(count: int, rng: np.random.Generator) -> Rows:
     rows = rng.standard_normal((count, DIM)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    unit: Rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def register(target: str, api_key: str | None, count: int, rng: np.random.Generator) -> None:
@@ -41,7 +46,7 @@ def register(target: str, api_key: str | None, count: int, rng: np.random.Genera
             client.register_agent(agent_pb2.Agent(name=f"a{a}", kind=agent_pb2.AGENT_KIND_TOOL, capabilities=[cap]))
 
 
-async def load(target: str, api_key: str | None, queries: np.ndarray, seconds: float, concurrency: int) -> int:  # type: ignore[type-arg]
+async def load(target: str, api_key: str | None, queries: Rows, seconds: float, concurrency: int) -> int:
     calls = 0
     deadline = time.perf_counter() + seconds
     async with AsyncCapregClient(target, timeout=30, api_key=api_key) as client:
@@ -74,20 +79,23 @@ def main() -> None:
         recorder = subprocess.Popen([*spy, "--format", "raw", "-o", str(raw)], stderr=subprocess.DEVNULL)
         calls = asyncio.run(load(server.target, server.api_key, unit_rows(512, rng), args.seconds, args.concurrency))
         recorder.wait(timeout=args.seconds + 60)
-        stacks = [line.rsplit(" ", 1) for line in raw.read_text().splitlines() if line.strip()]
+        stacks = [
+            (stack, int(count))
+            for stack, count in (line.rsplit(" ", 1) for line in raw.read_text().splitlines() if line.strip())
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     _write_svg(stacks, args.out)
-    total = sum(int(n) for _, n in stacks)
+    total = sum(n for _, n in stacks) or 1
     by_frame: collections.Counter[str] = collections.Counter()
     for stack, count in stacks:
         for frame in set(stack.split(";")):
-            by_frame[frame] += int(count)
+            by_frame[frame] += count
     print(f"{calls} Discovers in {args.seconds:g} s ({calls / args.seconds:.0f}/s), {total} samples of the server")
     for frame, count in by_frame.most_common(40):
         print(f"{100 * count / total:5.1f}%  {frame}")
 
 
-def _write_svg(stacks: list[list[str]], out: Path) -> None:
+def _write_svg(stacks: list[tuple[str, int]], out: Path) -> None:
     """A minimal icicle graph of the collapsed stacks (no external flamegraph tool is available here)."""
     root: dict[str, tuple[int, dict]] = {}  # type: ignore[type-arg]
 
@@ -99,7 +107,7 @@ def _write_svg(stacks: list[list[str]], out: Path) -> None:
         add(children, frames[1:], count)
 
     for stack, count in stacks:
-        add(root, stack.split(";"), int(count))
+        add(root, stack.split(";"), count)
     width, row = 1600.0, 16
     grand = sum(total for total, _ in root.values()) or 1
     rects: list[str] = []
@@ -114,7 +122,7 @@ def _write_svg(stacks: list[list[str]], out: Path) -> None:
                 label = name if len(name) * 7 < w else name[: max(int(w / 7) - 1, 0)]
                 hue = 20 + (hash(name.split(" ")[0]) % 40)
                 rects.append(
-                    f'<g><title>{_esc(name)} ({100 * total / grand:.1f}%)</title>'
+                    f"<g><title>{_esc(name)} ({100 * total / grand:.1f}%)</title>"
                     f'<rect x="{x:.1f}" y="{depth * row}" width="{w:.1f}" height="{row - 1}" '
                     f'fill="hsl({hue},80%,60%)"/><text x="{x + 2:.1f}" y="{depth * row + 12}" '
                     f'font-size="11" font-family="monospace">{_esc(label)}</text></g>'
