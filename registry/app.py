@@ -54,11 +54,29 @@ from registry.transport.server import GrpcServer
 log = logging.getLogger(__name__)
 
 
-def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+def load_embedder(settings: Settings) -> Embedder:
+    """The configured model on the configured backend. "onnx" exports it first when no valid export is
+    there (once per models directory, about ten seconds, with torch), then serves it without torch."""
     path = settings.model_path or bundled_model_path()
+    if settings.embedding_backend == "onnx":
+        from registry.embedding.onnx_backend import OnnxEmbedder, export_onnx, onnx_dir
+
+        exported = onnx_dir(models.resolve_models_dir(settings.models_dir, settings.data_dir))
+        export_onnx(path, exported, expected_sha256=settings.model_sha256)
+        return OnnxEmbedder(path, exported, expected_sha256=settings.model_sha256, cache_size=settings.embed_cache_size)
     return SentenceTransformerEmbedder(
         path, expected_sha256=settings.model_sha256, cache_size=settings.embed_cache_size
     )
+
+
+def _log_lag(store: RegistryStore, follower: ChangeFollower) -> list[tuple[float, dict[str, str]]]:
+    """Changes committed but not yet applied here, read at each metrics collection (one small query);
+    nothing when the database cannot be read (the follower's error says why)."""
+    try:
+        head = store.watermark()
+    except Exception:
+        return []
+    return [(max(head - follower.position, 0), {})]
 
 
 def demo_catalog_path() -> Path:
@@ -340,6 +358,7 @@ async def build_app(
             lambda: [(live.index.live_count, {"space": live.space.name}) for live in spaces.live()],
         )
         telemetry.gauge("capreg.changelog.position", lambda: [(follower.position, {})])
+        telemetry.gauge("capreg.changelog.lag", lambda: _log_lag(store, follower))
     return App(
         settings,
         engine,

@@ -12,6 +12,7 @@ Instruments (names follow OpenTelemetry's semantic conventions where one exists)
 - capreg.discover.plans (counter): Discover answers by plan (exact, hnsw) and vector space
 - capreg.index.capabilities (gauge): capabilities in each live space's index
 - capreg.changelog.position (gauge): the change-log seq this process has applied
+- capreg.changelog.lag (gauge): changes committed in the database, not yet applied here
 - capreg.changelog.apply_delay (s, histogram): commit-to-applied time of each change
 - capreg.embed.batch_size (histogram) and capreg.embed.duration (ms, histogram): texts embedded per call
 - capreg.budget.reservations (counter): Reserve/Commit/Release by result
@@ -54,6 +55,7 @@ class Telemetry:
         for name, description in (
             ("capreg.index.capabilities", "Capabilities in each live space's index"),
             ("capreg.changelog.position", "The change-log seq this process has applied"),
+            ("capreg.changelog.lag", "Changes committed in the database but not yet applied here"),
         ):
             m.create_observable_gauge(name, callbacks=[self._observer(name)], description=description)
 

@@ -156,6 +156,7 @@ def test_every_metric_is_recorded_and_scraped(observed: Observed) -> None:
     assert {p.attributes["plan"] for p in points["capreg.discover.plans"]} == {"exact"}
     assert any(p.value >= 0 for p in points["capreg.index.capabilities"])
     assert points["capreg.changelog.position"][0].value >= 1
+    assert points["capreg.changelog.lag"][0].value >= 0
     assert sum(p.count for p in points["capreg.changelog.apply_delay"]) >= 1
     assert sum(p.count for p in points["capreg.embed.batch_size"]) >= 1
     assert sum(p.count for p in points["capreg.embed.duration"]) >= 1
@@ -170,8 +171,8 @@ def test_every_metric_is_recorded_and_scraped(observed: Observed) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         scraped = response.read().decode()
     for name in ("rpc_server_duration", "capreg_discover_plans", "capreg_index_capabilities",
-                 "capreg_changelog_position", "capreg_embed_batch_size", "capreg_budget_reservations",
-                 "capreg_leases_removed"):  # fmt: skip
+                 "capreg_changelog_position", "capreg_changelog_lag", "capreg_embed_batch_size",
+                 "capreg_budget_reservations", "capreg_leases_removed"):  # fmt: skip
         assert name in scraped, name
 
 
