@@ -20,6 +20,7 @@ from registry.cli.main import cli
 from registry.embedding import models
 from registry.embedding.sentence import MINILM_NAME, SentenceTransformerEmbedder
 from registry.store import tables as t
+from registry.store.engine import make_engine
 from tests import support
 from tests.support import ServerThread, make_agent, make_capability, running_server
 
@@ -156,15 +157,21 @@ def test_a_stopped_backfill_resumes_without_embedding_anything_twice(
         progress = client.backfill_space("static", batch_size=2)
         assert next(progress).done == 2
         progress.close()  # type: ignore[attr-defined]  # the caller goes away: the backfill stops
-        engine = first.app.engine
+        space_id = first.app.spaces.get("static").space.id
+    # Read what the first run left only once its server has stopped: the batch in hand when the caller went
+    # away may still have landed after the close.
+    engine = make_engine(database_url)
+    try:
         with engine.connect() as conn:
             first_rows = dict(
                 conn.execute(
                     select(t.capability_vectors.c.capability_id, t.capability_vectors.c.created_at).where(
-                        t.capability_vectors.c.space_id == first.app.spaces.get("static").space.id
+                        t.capability_vectors.c.space_id == space_id
                     )
                 ).all()
             )
+    finally:
+        engine.dispose()
     done_before = len(first_rows)
     assert 2 <= done_before < len(SKILLS)
     with running_server(data, database_url, embedder, models_dir=models_dir) as second:  # a restart
