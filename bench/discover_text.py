@@ -65,6 +65,25 @@ async def closed_loop(
     return len(latencies), time.perf_counter() - started, latencies
 
 
+async def open_loop(
+    call: Callable[[int], Awaitable[object]], rate: float, seconds: float
+) -> tuple[int, float, list[int]]:
+    """Requests sent at `rate` per second on a fixed schedule, whether or not earlier ones were answered:
+    the latency a caller sees at that offered load (a closed loop would hide queueing)."""
+    latencies: list[int] = []
+    interval = 1.0 / rate
+    started = time.perf_counter()
+
+    async def one(i: int, due: float) -> None:
+        await asyncio.sleep(max(due - time.perf_counter(), 0.0))  # the schedule, not synchronisation
+        sent = time.perf_counter_ns()
+        await call(i)
+        latencies.append(time.perf_counter_ns() - sent)
+
+    await asyncio.gather(*(one(i, started + i * interval) for i in range(int(rate * seconds))))
+    return len(latencies), time.perf_counter() - started, latencies
+
+
 def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         body = response.read().decode()
@@ -87,9 +106,19 @@ async def load(target: str, api_key: str | None, concurrency: int, seconds: floa
         }
         for workload in workloads.values():  # warm-up (and fills the cache for "repeated")
             await closed_loop(workload, concurrency, min(2.0, seconds / 3))
-        for name, workload in workloads.items():
+
+        def closed(
+            workload: Callable[[int], Awaitable[object]],
+        ) -> Callable[[], Awaitable[tuple[int, float, list[int]]]]:
+            return lambda: closed_loop(workload, concurrency, seconds)
+
+        runs = {name: closed(workload) for name, workload in workloads.items()}
+        runs[f"distinct_at_{TARGET_PER_SECOND:.0f}_per_s"] = lambda: open_loop(
+            workloads["distinct"], TARGET_PER_SECOND, seconds
+        )
+        for name, run in runs.items():
             before = scrape(metrics_port)
-            calls, elapsed, latencies = await closed_loop(workload, concurrency, seconds)
+            calls, elapsed, latencies = await run()
             after = scrape(metrics_port)
             batches = after["capreg_embed_batch_size_count"] - before["capreg_embed_batch_size_count"]
             embedded = after["capreg_embed_batch_size_sum"] - before["capreg_embed_batch_size_sum"]
@@ -158,7 +187,8 @@ TARGET_P50_MS = 20.0
 def markdown(summary: dict[str, Any]) -> str:
     r = summary["results"]
     distinct = r["distinct"]
-    met = distinct["per_second"] >= TARGET_PER_SECOND and distinct["latency"]["p50_ms"] < TARGET_P50_MS
+    offered = r[f"distinct_at_{TARGET_PER_SECOND:.0f}_per_s"]
+    met = distinct["per_second"] >= TARGET_PER_SECOND and offered["latency"]["p50_ms"] < TARGET_P50_MS
     rows = "\n".join(
         f"| {label} | {r[key]['per_second']:.0f} | {r[key]['latency']['p50_ms']:.1f} | "
         f"{r[key]['latency']['p99_ms']:.1f} | {r[key]['model_calls']} | {r[key]['mean_batch']:.1f} |"
@@ -166,6 +196,7 @@ def markdown(summary: dict[str, Any]) -> str:
             ("null", "null RPC (health Check)"),
             ("distinct", "Discover, every text new (embedded)"),
             ("repeated", "Discover, 64 texts repeated (cached)"),
+            (f"distinct_at_{TARGET_PER_SECOND:.0f}_per_s", f"Discover, new texts offered at {TARGET_PER_SECOND:.0f}/s"),
         )
     )
     m = summary["machine"]
@@ -178,8 +209,11 @@ per workload after a warm-up, {summary["capabilities"]:,} capabilities, against 
 (SQLite, authentication on, torch CPU, the bundled all-MiniLM-L6-v2). Model calls and batch sizes come from
 the server's own metrics (`capreg_embed_batch_size`).
 
-**Target:** at least {TARGET_PER_SECOND:.0f} requests/s of distinct texts with p50 under {TARGET_P50_MS:.0f} ms.
-**This run: {distinct["per_second"]:.0f}/s, p50 {distinct["latency"]["p50_ms"]:.1f} ms: {"met" if met else "not met"}.**
+**Target:** at least {TARGET_PER_SECOND:.0f} requests/s of distinct texts (32 callers, closed loop), and p50 under
+{TARGET_P50_MS:.0f} ms when {TARGET_PER_SECOND:.0f} new texts a second are offered (open loop: with 32 callers always
+waiting, p50 is 32 / throughput by Little's law, so the latency target is read at the offered rate).
+**This run: {distinct["per_second"]:.0f}/s; p50 {offered["latency"]["p50_ms"]:.1f} ms at
+{TARGET_PER_SECOND:.0f}/s offered (answered {offered["per_second"]:.0f}/s): {"met" if met else "not met"}.**
 
 | workload | requests/s | p50 ms | p99 ms | model calls | texts per call |
 |---|---:|---:|---:|---:|---:|
