@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
@@ -221,3 +221,29 @@ IndexMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestIndexMachine = IndexMachine.TestCase
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 300),
+    st.floats(0.0, 1.0),
+    st.integers(1, 20),
+    st.integers(0, 2**31),
+    st.booleans(),
+)
+def test_exact_top_k_equals_sorting_every_allowed_row(
+    size: int, density: float, k: int, seed: int, with_ties: bool
+) -> None:
+    """Both of its paths (gathering the allowed rows, or scoring their whole block) against a plain sort by
+    (-score, row), over masks from empty to full; tied scores included."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((size + 5, 8)).astype(np.float32)  # spare rows past the live ones
+    if with_ties:
+        vectors[: size // 2] = vectors[0]
+    query = rng.standard_normal(8).astype(np.float32)
+    rows = np.flatnonzero(rng.random(size) < density).astype(np.int64)
+    got_rows, got_scores = exact.top_k(vectors, rows, query, k)
+    scores = {int(r): float(vectors[r] @ query) for r in rows}
+    expected = sorted(scores, key=lambda r: (-scores[r], r))[:k]
+    assert got_rows.tolist() == expected
+    assert np.allclose(got_scores, [scores[r] for r in expected], atol=1e-5)
