@@ -79,3 +79,13 @@ def test_text_discover_benchmark_smoke() -> None:
     assert distinct["model_calls"] > 0 and distinct["per_second"] > 0
     assert distinct["mean_batch"] > 1.0  # 32 callers of new texts share model calls
     assert summary["results"]["repeated"]["model_calls"] == 0  # repeated texts come from the cache
+
+
+def test_bulk_register_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bulk_register.py"), "--smoke"],
+        capture_output=True, text=True, check=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["created"] == summary["agents"] == 300  # every agent of the manifest, through the real CLI
+    assert summary["capabilities_per_second"] > 0 and summary["model_batch_texts_per_second"] > 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -261,33 +264,46 @@ def agents() -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="A YAML or JSON manifest: {agents: [...]}.",
 )
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Registrations in flight: the server embeds concurrent ones in shared model calls.",
+)
 @client_options
 @json_option
-def agents_apply(path: Path, target: str, timeout: float, as_json: bool) -> None:
+def agents_apply(path: Path, parallel: int, target: str, timeout: float, as_json: bool) -> None:
     """Register (create or update) every agent in a manifest."""
     try:
         manifest = load_agents(path)
     except ManifestError as error:
         fail(str(error))
-    results = []
+    started = time.perf_counter()
 
-    def register_all(client: CapregClient) -> None:
+    def register_all(client: CapregClient) -> list[Any]:
         with Progress(
             TextColumn("registering"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=output.err_console,
             disable=as_json or len(manifest) < 2,
         ) as progress:
-            task = progress.add_task("agents", total=len(manifest))
-            for agent in manifest:
-                response = client.register_agent(agent)
-                results.append(response)
-                progress.advance(task)
+            task = progress.add_task("agents", total=len(manifest), rate="")
+            done = 0
 
-    call(target, timeout, register_all)
+            def advanced(_: object) -> None:
+                nonlocal done
+                done += 1
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:.0f} agents/s")
+
+            return register_concurrently(client, manifest, parallel, advanced)
+
+    results = call(target, timeout, register_all)
     if as_json:
         output.print_json(
             [
@@ -303,9 +319,18 @@ def agents_apply(path: Path, target: str, timeout: float, as_json: bool) -> None
             ]
         )
         return
-    for r in results:
-        verb = "created" if r.created else ("updated" if r.changed else "unchanged")
-        click.echo(f"{r.agent.tenant}/{r.agent.name}: {verb} (generation {r.agent.generation})")
+    if len(results) <= APPLY_LIST_AT_MOST:
+        for r in results:
+            verb = "created" if r.created else ("updated" if r.changed else "unchanged")
+            click.echo(f"{r.agent.tenant}/{r.agent.name}: {verb} (generation {r.agent.generation})")
+    created = sum(r.created for r in results)
+    changed = sum(r.changed and not r.created for r in results)
+    seconds = time.perf_counter() - started
+    capabilities = sum(len(r.agent.capabilities) for r in results)
+    click.echo(
+        f"{len(results)} agents ({capabilities} capabilities): {created} created, {changed} updated, "
+        f"{len(results) - created - changed} unchanged in {seconds:.1f} s"
+    )
 
 
 @agents.command("list", context_settings=CONTEXT)
@@ -507,6 +532,26 @@ def discover(
         output.console.print(output.matches_table(response, text))
     if explain or not response.matches:
         output.console.print(output.explanation_table(response))
+
+
+APPLY_LIST_AT_MOST = 50  # agents listed one per line by `agents apply`; larger manifests get the summary
+
+
+def register_concurrently(
+    client: CapregClient, agents: list[Any], parallel: int, advanced: Callable[[object], None]
+) -> list[Any]:
+    """Register every agent with `parallel` calls in flight (the channel is thread-safe); answers in
+    manifest order. The first failure stops what has not started yet and is raised."""
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="apply") as pool:
+        futures = [pool.submit(client.register_agent, agent) for agent in agents]
+        for future in futures:
+            future.add_done_callback(advanced)
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
