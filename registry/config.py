@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     vector_space: str = "minilm-l6-v2"
     capability_template: str = DEFAULT_TEMPLATE
     embed_cache_size: int = Field(10_000, ge=0)
+    # How the bundled model runs: "torch" (sentence-transformers), or "onnx" (ONNX Runtime: the same vectors
+    # within registry/embedding/onnx_backend.py's stated tolerance, one text ~2.7x faster, no torch at serving
+    # time; exported once into <models_dir>/onnx/all-minilm-l6-v2, which needs torch).
+    embedding_backend: Literal["torch", "onnx"] = "torch"
     # Where named embedding models that are built locally (`capreg models distill`) are cached; <data_dir>/models
     # when unset (registry/embedding/models.py resolve_models_dir).
     models_dir: Path | None = None
