@@ -133,7 +133,7 @@ def test_the_cache_answers_repeats_without_the_model(models_dir: Path, monkeypat
         calls.append(list(texts))
         return encode(texts)
 
-    monkeypatch.setattr(embedder, "_encode", counting)
+    monkeypatch.setattr(embedder._cached, "_encode", counting)  # what the shared cache calls the model with
     assert embedder.embed([]).shape == (0, 384)
     assert embedder.cached("route a ticket") is None
     first = embedder.embed(["route a ticket", "caption a photo", "route a ticket"])
@@ -155,7 +155,7 @@ def test_concurrent_callers_get_the_vectors_a_lone_caller_gets(models_dir: Path)
     embedder = OnnxEmbedder(bundled_model_path(), onnx_dir(models_dir), cache_size=100)
     texts = [f"{i} " + " ".join(random.Random(i).choices(WORDS, k=8)) for i in range(40)]
     expected = embedder.embed(texts)
-    embedder._cache.clear()
+    embedder._cached._cache.clear()
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda i: embedder.embed(texts[i::4]), range(4)))
     for i, vectors in enumerate(got):

@@ -25,7 +25,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,9 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
 from tokenizers import Tokenizer
 
+from registry.embedding.cache import CachedModel
 from registry.embedding.sentence import MINILM_NAME, MINILM_SHA256, WeightsMismatch
 from registry.files import file_sha256, fsync_dir, fsync_file
-from registry.telemetry import record_batch
 
 # The agreement with the torch path that this backend promises, per text: every component within
 # ONNX_MAX_ABS_DIFF of the torch vector's, and a cosine of at least ONNX_MIN_COSINE. Measured over ~300
@@ -176,43 +175,14 @@ class OnnxEmbedder:
         self.max_seq_length = max_seq_length
         self.meta: dict[str, Any] = meta
         self._batch_size = batch_size
-        self._lock = threading.Lock()  # the cache
-        self._model_lock = threading.Lock()
-        self._cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
-        self._cache_size = cache_size
+        self._cached = CachedModel(model_name, self.dim, self._encode, cache_size)
 
     def cached(self, text: str) -> npt.NDArray[np.float32] | None:
         """The text's vector if it is in the cache (a repeated task), without calling the model."""
-        with self._lock:
-            found = self._cache.get(text)
-            if found is not None:
-                self._cache.move_to_end(text)
-            return found
+        return self._cached.get(text)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        with self._lock:  # held for the cache only, never across the model call (see `cached`)
-            for i, text in enumerate(texts):
-                cached = self._cache.get(text)
-                if cached is None:
-                    missing.setdefault(text, []).append(i)
-                else:
-                    self._cache.move_to_end(text)
-                    out[i] = cached
-        if missing:
-            unique = list(missing)
-            with self._model_lock:  # one model call at a time: the fast tokenizer is not reentrant
-                started = time.perf_counter()
-                vectors = self._encode(unique)
-                record_batch(self.model_name, len(unique), started)
-            with self._lock:
-                for text, vector in zip(unique, vectors, strict=True):
-                    out[missing[text]] = vector
-                    self._cache[text] = vector
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return out
+        return self._cached.embed(texts)
 
     def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Unit vectors for `texts`, in batches of texts of similar length (less padding to compute)."""

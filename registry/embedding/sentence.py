@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from registry.embedding.cache import CachedModel
 from registry.files import file_sha256
-from registry.telemetry import record_batch
 
 # The upstream sentence-transformers/all-MiniLM-L6-v2 model.safetensors.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -66,42 +63,17 @@ class SentenceTransformerEmbedder:
         self.weights_sha256 = actual
         self.model_revision = actual[:12]
         self._batch_size = batch_size
-        self._lock = threading.Lock()  # the cache
-        self._model_lock = threading.Lock()
-        self._cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
-        self._cache_size = cache_size
+        self._cached = CachedModel(model_name, self.dim, self._encode, cache_size)
 
     def cached(self, text: str) -> npt.NDArray[np.float32] | None:
         """The text's vector if it is in the cache (a repeated task), without calling the model."""
-        with self._lock:
-            found = self._cache.get(text)
-            if found is not None:
-                self._cache.move_to_end(text)
-            return found
+        return self._cached.get(text)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        with self._lock:  # held for the cache only: never across the model call, which the event loop's
-            for i, text in enumerate(texts):  # cache lookups (`cached`) would otherwise wait behind
-                cached = self._cache.get(text)
-                if cached is None:
-                    missing.setdefault(text, []).append(i)
-                else:
-                    self._cache.move_to_end(text)
-                    out[i] = cached
-        if missing:
-            unique = list(missing)
-            with self._model_lock:  # one model call at a time: the fast tokenizer is not reentrant
-                started = time.perf_counter()
-                vectors = self._model.encode(
-                    unique, batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True
-                ).astype(np.float32)
-                record_batch(self.model_name, len(unique), started)
-            with self._lock:
-                for text, vector in zip(unique, vectors, strict=True):
-                    out[missing[text]] = vector
-                    self._cache[text] = vector
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return out
+        return self._cached.embed(texts)
+
+    def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        vectors: npt.NDArray[np.float32] = self._model.encode(
+            texts, batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True
+        ).astype(np.float32)
+        return vectors
