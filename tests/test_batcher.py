@@ -151,3 +151,16 @@ def test_batched_vectors_equal_one_at_a_time_with_the_real_model(embedder: Sente
 
     batched = np.stack(asyncio.run(together()))
     assert np.allclose(batched, alone, atol=1e-5), float(np.abs(batched - alone).max())
+
+
+def test_a_model_answer_of_the_wrong_shape_fails_its_callers_instead_of_stranding_them() -> None:
+    class Short(GatedEmbedder):
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            return super().embed(texts)[:-1]  # one row short
+
+    async def scenario() -> None:
+        batcher = EmbedBatcher(Short())
+        results = await asyncio.gather(batcher.embed("a"), batcher.embed("b"), return_exceptions=True)
+        assert all(isinstance(r, ValueError) for r in results), results
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

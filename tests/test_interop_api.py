@@ -170,3 +170,13 @@ def test_an_agent_registered_without_a_document_exports_a_minimal_card(client: C
     assert card["skills"][0]["id"] == "summarize" and "supportedInterfaces" in card
     reimported = client.import_agent_card(card, tenant=TENANT)
     assert reimported.agent.name == "plain"
+
+
+def test_reimporting_without_options_keeps_who_it_is_shared_with(client: CapregClient) -> None:
+    card = fixture("a2a_v10_card")
+    client.import_agent_card(card, tenant=TENANT, visibility="shared", shared_with=[OTHER])
+    again = client.import_agent_card({**card, "description": "Plans trips, now with ferries."}, tenant=TENANT)
+    assert again.changed
+    assert list(again.agent.shared_with) == [OTHER]
+    found = client.discover("plan a three-day trip to Kyoto", tenant=OTHER, min_seq=again.consistency_token)
+    assert again.agent.name in {m.agent_name for m in found.matches}

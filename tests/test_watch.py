@@ -262,3 +262,24 @@ def test_watches_are_limited_per_process(client: CapregClient) -> None:
     finally:
         for watcher in open_watches:
             watcher.close()
+
+
+def test_re_evaluations_leave_the_discover_id_memory_to_real_discovers(
+    client: CapregClient, server: ServerThread
+) -> None:
+    """A watch's answers are re-evaluations: they must not push real Discovers' ids out of the memory that
+    ReportOutcome's discover_id relies on."""
+    client.register_agent(invoice_agent("alpha"))
+    real = client.discover(TASK, tenant=TENANT)
+    memory = server.app.discovery.memory
+    before = len(memory._tasks)
+    watcher = Watcher(client, discover_request(TASK, tenant=TENANT, top_k=20), coalesce_ms=10)
+    try:
+        watcher.next()
+        for i in range(5):
+            client.register_agent(invoice_agent(f"more-{i}"))
+            watcher.until(lambda u, i=i: f"more-{i}" in u.names)
+    finally:
+        watcher.close()
+    assert len(memory._tasks) == before
+    assert memory.recall(real.discover_id, TENANT) is not None

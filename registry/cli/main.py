@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -165,7 +166,9 @@ def serve(
     if workers > 1:
         if settings.is_embedded():
             fail("--workers needs a PostgreSQL database (--database-url): one process owns the embedded SQLite")
-        passed = {"--database-url": database_url, "--log-level": log_level, "--tls-cert": tls_cert,
+        # The database URL goes to the workers in their environment, never on a command line (`ps` shows those).
+        os.environ["CAPREG_DATABASE_URL"] = settings.resolved_database_url()
+        passed = {"--log-level": log_level, "--tls-cert": tls_cert,
                   "--tls-key": tls_key, "--tls-client-ca": tls_client_ca, "--log-format": log_format,
                   "--otel-exporter": otel_exporter}  # fmt: skip
         serve_args = [part for flag, value in passed.items() if value is not None for part in (flag, str(value))]

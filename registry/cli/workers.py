@@ -10,6 +10,7 @@ gracefully.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from pathlib import Path
 
 SERVING = "capreg serving"
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 60.0
+STABLE_S = 60.0  # a worker that ran this long before dying is restarted without backoff
 
 
 def free_port(host: str) -> int:
@@ -38,21 +41,30 @@ class Worker:
         self.env = env
         self.serving = threading.Event()
         self.process: subprocess.Popen[str] | None = None
+        self.started_at = 0.0
+        self.restart_delay_s = RESTART_DELAY_S
 
     def start(self) -> None:
         self.serving.clear()
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            self.command,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
         )
+        self.started_at = time.monotonic()
         threading.Thread(target=self._relay, args=(self.process,), daemon=True).start()
 
     def _relay(self, process: subprocess.Popen[str]) -> None:
         """Its output, prefixed with its number; notes when it says it serves."""
-        for line in process.stdout or ():
+        for line in process.stdout or ():  # keep draining whatever happens: a full pipe would block the worker
             if SERVING in line:
                 self.serving.set()
-            sys.stderr.write(f"[worker {self.number}] {line}")
-            sys.stderr.flush()
+            with contextlib.suppress(OSError):
+                sys.stderr.write(f"[worker {self.number}] {line}")
+                sys.stderr.flush()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -111,11 +123,19 @@ def run_workers(
     sys.stderr.write(f"{SERVING} on {host}:{port} with {count} workers (pids {pids})\n")
     while not stopping.wait(0.5):
         for worker in workers:
-            if not worker.alive() and not stopping.is_set():
-                code = worker.process.returncode if worker.process is not None else None
-                sys.stderr.write(f"worker {worker.number} exited ({code}); starting it again\n")
-                time.sleep(RESTART_DELAY_S)  # a crash loop must not spin
-                worker.start()
+            if worker.alive() or stopping.is_set():
+                continue
+            code = worker.process.returncode if worker.process is not None else None
+            # One that ran a while is restarted at once; one that keeps dying waits longer each time.
+            if time.monotonic() - worker.started_at > STABLE_S:
+                worker.restart_delay_s = RESTART_DELAY_S
+            sys.stderr.write(
+                f"worker {worker.number} exited ({code}); starting it again in {worker.restart_delay_s:g} s\n"
+            )
+            if stopping.wait(worker.restart_delay_s):
+                break
+            worker.restart_delay_s = min(worker.restart_delay_s * 2, MAX_RESTART_DELAY_S)
+            worker.start()
     return _stop(workers, "")
 
 

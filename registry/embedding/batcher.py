@@ -27,6 +27,7 @@ class EmbedBatcher:
         self._max_batch = max_batch
         self._queue: list[tuple[str, asyncio.Future[Vector]]] = []
         self._running = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # model calls made, for the benchmark and the tests
         self.texts = 0  # texts they embedded
 
@@ -54,23 +55,27 @@ class EmbedBatcher:
                 self._start_next()
             return
         self._running = True
-        asyncio.get_running_loop().create_task(self._run(batch))
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)  # a task nobody holds may be collected while it runs
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[str, asyncio.Future[Vector]]]) -> None:
         unique = list(dict.fromkeys(text for text, _ in batch))
         try:
             vectors = await asyncio.to_thread(self._embedder.embed, unique)
-        except Exception as error:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-        else:
+            by_text = {text: vector.copy() for text, vector in zip(unique, vectors, strict=True)}  # not views
             self.batches += 1
             self.texts += len(unique)
-            by_text = dict(zip(unique, vectors, strict=True))
             for text, future in batch:
                 if not future.done():
                     future.set_result(by_text[text])
+        except BaseException as error:  # the model failed, returned the wrong rows, or the loop is closing
+            failure = error if isinstance(error, Exception) else RuntimeError("the embedding batch was cancelled")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            if not isinstance(error, Exception):
+                raise
         finally:
             self._running = False
             if self._queue:

@@ -57,7 +57,7 @@ class CachedModel:
             with self._lock:
                 for text, vector in zip(unique, vectors, strict=True):
                     out[missing[text]] = vector
-                    self._cache[text] = vector
+                    self._cache[text] = vector.copy()  # a view would keep the whole batch alive
                 while len(self._cache) > self._size:
                     self._cache.popitem(last=False)
         return out

@@ -66,7 +66,8 @@ class DiscoveryService:
         self._recent: deque[tuple[str, str]] = deque(maxlen=recent_texts)  # (tenant, text), for comparisons
 
     async def discover(self, query: DiscoverQuery, *, record: bool = True) -> DiscoverResult:
-        """`record`: keep the text for comparisons and shadow traffic (a watch's re-evaluations do not)."""
+        """`record`: remember the task for ReportOutcome's discover_id, keep the text for comparisons and shadow
+        traffic (a watch's re-evaluations do none of it)."""
         started = time.perf_counter()
         v.validate_discover(query)
         query = _with_tenant(query)
@@ -98,8 +99,10 @@ class DiscoveryService:
                 budget_left = await self._budgets.remaining_usd(query.caller, query.budget_id)
             timings["budget"] = _ms(t0)
         result = self.search(live, query, vector, budget_left, timings, started)
+        if not record:  # a watch's re-evaluation: it must not push real Discovers' ids out of the memory
+            return result
         result = replace(result, discover_id=self.memory.remember(query.tenant, space.name, vector, query.text))
-        if record and query.text is not None and not query.vector_space:
+        if query.text is not None and not query.vector_space:
             self._recent.append((query.tenant, query.text))
             self.shadow.maybe_compare(query, result, budget_left)
         return result

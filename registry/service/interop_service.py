@@ -65,14 +65,16 @@ class InteropService:
         return await self._import(imported, options)
 
     async def _import(self, imported: ImportedAgent, options: ImportOptions) -> ImportResult:
+        before = await self._existing(imported.agent)
+        # Visibility left unset keeps the stored one; so must the tenants it is shared with.
+        keep_sharing = options.visibility is None and not options.shared_with and before is not None
         agent = replace(
             imported.agent,
-            visibility=options.visibility,
-            shared_with=options.shared_with,
+            visibility=before.visibility if keep_sharing and before is not None else options.visibility,
+            shared_with=before.shared_with if keep_sharing and before is not None else options.shared_with,
             lease_ttl_s=options.lease_ttl_s,
             labels={**imported.agent.labels, **options.labels},
         )
-        before = await self._existing(agent)
         document = AgentDocument(imported.format, json.dumps(imported.source, sort_keys=True))
         write = await self._registry.register(agent, document=document)
         added, updated, removed = _capability_changes(before, write.agent)

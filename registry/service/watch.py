@@ -75,7 +75,9 @@ class DiscoverWatches:
         changed = self._follower.applied_event()  # before the position, so no batch slips between
         position = self._follower.position
         result = await self._first(query)
-        query = replace(query, min_seq=0)  # the first answer honoured it; later ones are newer anyway
+        # The first answer honoured min_seq (later ones are newer anyway) and any exploration coin: a coin
+        # tossed again on every re-evaluation would change the answer with nothing changed.
+        query = replace(query, min_seq=0, exploration_rate=0.0)
         reasons: tuple[str, ...] = ("initial",)
         while True:
             digest = answer_digest(result)

@@ -5,6 +5,7 @@ identity available to the servicers (`current_identity()`), which scope every re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -177,7 +178,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     async for response in inner(request, context):
                         yield response
                 finally:
-                    _identity.reset(token)
+                    # A stream cancelled while blocked in a write is closed by the event loop's finaliser in
+                    # another context, where the token is foreign; that context dies with it anyway.
+                    with contextlib.suppress(ValueError):
+                        _identity.reset(token)
 
             kind = (
                 grpc.unary_stream_rpc_method_handler

@@ -47,7 +47,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             streaming: Any = handler.unary_stream or handler.stream_stream
 
             async def traced_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                with _Call(method, carrier, attributes, context):
+                # No context attached across yields: a stream cancelled mid-write is finalised in another
+                # context, where a detach would fail. Its span still records the call and its status.
+                with _Call(method, carrier, attributes, context, attach=False):
                     async for response in streaming(request, context):
                         yield response
 
@@ -67,7 +69,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 class _Call:
     """The span and the measurement of one call."""
 
-    def __init__(self, method: str, carrier: dict[str, str], attributes: dict[str, str], context: Context):
+    def __init__(
+        self, method: str, carrier: dict[str, str], attributes: dict[str, str], context: Context, attach: bool = True
+    ):
+        self._attach = attach
         self._method = method
         self._carrier = carrier
         self._attributes = attributes
@@ -82,7 +87,8 @@ class _Call:
         self._span = telemetry.tracer.start_span(
             self._method, context=parent, kind=SpanKind.SERVER, attributes=self._attributes
         )
-        self._token = otel_context.attach(trace.set_span_in_context(self._span, parent))
+        if self._attach:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span, parent))
         self._started = time.perf_counter()
         return self
 
@@ -94,7 +100,8 @@ class _Call:
         if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             self._span.set_status(Status(StatusCode.ERROR, code.name))
         self._span.end()
-        otel_context.detach(self._token)  # type: ignore[arg-type]
+        if self._attach:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 def _status(context: Context, exc: BaseException | None) -> grpc.StatusCode:
@@ -102,8 +109,10 @@ def _status(context: Context, exc: BaseException | None) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
-    if exc is None or isinstance(exc, GeneratorExit):
+    if exc is None:
         return grpc.StatusCode.OK
+    if isinstance(exc, GeneratorExit):  # the stream was closed before it ended: the caller went away
+        return grpc.StatusCode.CANCELLED
     if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError":
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
