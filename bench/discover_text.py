@@ -30,6 +30,7 @@ from capreg_client import AsyncCapregClient, CapregClient
 if __package__ in (None, ""):  # run as `python bench/discover_text.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import LatencyStats, ServerProcess, machine, scratch_dir, write_marked_section
+from bench.discover import LoadResult, closed_loop
 
 SUBJECTS = ["invoices", "contracts", "podcasts", "photos", "tickets", "shipments", "patients", "leases",
             "payrolls", "recipes", "flights", "lawsuits", "poems", "spreadsheets", "emails", "meetings"]  # fmt: skip
@@ -47,27 +48,7 @@ def texts(count: int, offset: int) -> list[str]:
     return found
 
 
-async def closed_loop(
-    call: Callable[[int], Awaitable[object]], concurrency: int, seconds: float
-) -> tuple[int, float, list[int]]:
-    counter = itertools.count()
-    latencies: list[int] = []
-    deadline = time.perf_counter() + seconds
-
-    async def caller() -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter_ns()
-            await call(next(counter))
-            latencies.append(time.perf_counter_ns() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return len(latencies), time.perf_counter() - started, latencies
-
-
-async def open_loop(
-    call: Callable[[int], Awaitable[object]], rate: float, seconds: float
-) -> tuple[int, float, list[int]]:
+async def open_loop(call: Callable[[int], Awaitable[object]], rate: float, seconds: float) -> LoadResult:
     """Requests sent at `rate` per second on a fixed schedule, whether or not earlier ones were answered:
     the latency a caller sees at that offered load (a closed loop would hide queueing)."""
     latencies: list[int] = []
@@ -81,7 +62,7 @@ async def open_loop(
         latencies.append(time.perf_counter_ns() - sent)
 
     await asyncio.gather(*(one(i, started + i * interval) for i in range(int(rate * seconds))))
-    return len(latencies), time.perf_counter() - started, latencies
+    return LoadResult(len(latencies), time.perf_counter() - started, latencies)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -107,9 +88,7 @@ async def load(target: str, api_key: str | None, concurrency: int, seconds: floa
         for workload in workloads.values():  # warm-up (and fills the cache for "repeated")
             await closed_loop(workload, concurrency, min(2.0, seconds / 3))
 
-        def closed(
-            workload: Callable[[int], Awaitable[object]],
-        ) -> Callable[[], Awaitable[tuple[int, float, list[int]]]]:
+        def closed(workload: Callable[[int], Awaitable[object]]) -> Callable[[], Awaitable[LoadResult]]:
             return lambda: closed_loop(workload, concurrency, seconds)
 
         runs = {name: closed(workload) for name, workload in workloads.items()}
@@ -118,7 +97,8 @@ async def load(target: str, api_key: str | None, concurrency: int, seconds: floa
         )
         for name, run in runs.items():
             before = scrape(metrics_port)
-            calls, elapsed, latencies = await run()
+            done = await run()
+            calls, elapsed, latencies = done.calls, done.seconds, done.latencies_ns
             after = scrape(metrics_port)
             batches = after["capreg_embed_batch_size_count"] - before["capreg_embed_batch_size_count"]
             embedded = after["capreg_embed_batch_size_sum"] - before["capreg_embed_batch_size_sum"]

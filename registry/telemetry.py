@@ -103,6 +103,11 @@ def uninstall(telemetry: Telemetry) -> None:
         _installed.remove(telemetry)
 
 
+def annotate_call(**attributes: Any) -> None:
+    """Attributes on the span of the RPC being served (nothing when telemetry is off)."""
+    trace.get_current_span().set_attributes(_clean(attributes))
+
+
 def record_batch(model: str, texts: int, started: float) -> None:
     """One call into an embedding model: how many texts, and how long since `started` (perf_counter)."""
     telemetry = current()

@@ -101,3 +101,16 @@ def private_pg() -> Iterator[PgInstance]:
         yield instance
     finally:
         instance.cleanup()
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of the test's own, migrated to head, dropped afterwards (for tests that run
+    servers as child processes, which must not share the session database)."""
+    name = support.create_pg_database()
+    try:
+        url = support.pg_url(name)
+        support.migrated_engine(url).dispose()
+        yield url
+    finally:
+        support.drop_pg_database(name)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ import pytest
 from bench import reliability
 from bench.reliability import Cycle, Ledger, Server
 from registry.store.engine import make_engine, sqlite_url
-from tests import support
 
 PG_CYCLES = 20
 SQLITE_CYCLES = 2  # keep, then drop the snapshots: one restart from each source
@@ -42,17 +40,6 @@ def seed() -> int:
     value = int(os.environ.get("CAPREG_CRASH_SEED", random.randrange(2**31)))
     print(f"\nCAPREG_CRASH_SEED={value}")
     return value
-
-
-@pytest.fixture
-def fresh_pg_url() -> Iterator[str]:
-    name = support.create_pg_database()
-    try:
-        url = support.pg_url(name)
-        support.migrated_engine(url).dispose()
-        yield url
-    finally:
-        support.drop_pg_database(name)
 
 
 def crash_and_check(server: Server, database_url: str, cycles: int, seed: int) -> list[Cycle]:

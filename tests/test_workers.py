@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -66,17 +65,6 @@ class Supervisor:
         if self.process.stdout is not None:
             self.process.stdout.close()
         return code
-
-
-@pytest.fixture
-def fresh_pg_url() -> Iterator[str]:
-    name = support.create_pg_database()
-    try:
-        url = support.pg_url(name)
-        support.migrated_engine(url).dispose()
-        yield url
-    finally:
-        support.drop_pg_database(name)
 
 
 def fresh(target: str, key: str) -> CapregClient:

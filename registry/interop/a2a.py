@@ -8,7 +8,7 @@ so an unchanged agent exports to the card it came from."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,17 +142,25 @@ def _read_interface(card: Node) -> tuple[str, _Interface]:
 def _read_skills(
     skills: Sequence[Node], version: str, defaults: tuple[tuple[str, ...], tuple[str, ...]]
 ) -> tuple[Capability, ...]:
+    return read_unique(skills, "id", "skill ids", lambda skill: _read_skill(skill, version, defaults))
+
+
+def read_unique(
+    items: Sequence[Node], key: str, what: str, read: Callable[[Node], Capability]
+) -> tuple[Capability, ...]:
+    """Each item (a skill, a tool) read as a capability; two that give one capability name are refused at
+    the second's `key`."""
     first_at: dict[str, str] = {}
     capabilities = []
-    for skill in skills:
-        capability = _read_skill(skill, version, defaults)
+    for item in items:
+        capability = read(item)
         if capability.name in first_at:
             raise InvalidArgument(
-                skill.at("id"),
+                item.at(key),
                 f"gives the capability name {shown(capability.name)}, as {first_at[capability.name]} does; "
-                "skill ids must be unique",
+                f"{what} must be unique",
             )
-        first_at[capability.name] = skill.at("id")
+        first_at[capability.name] = item.at(key)
         capabilities.append(capability)
     return tuple(capabilities)
 

@@ -23,7 +23,7 @@ from registry.domain.validation import (
     MAX_VERSION,
     tenant_or_default,
 )
-from registry.interop.a2a import ImportedAgent, export_version, in_source_order
+from registry.interop.a2a import ImportedAgent, export_version, in_source_order, read_unique
 from registry.interop.jsonpaths import (
     MAX_RAW_NAME,
     MAX_TITLE,
@@ -155,19 +155,7 @@ def _meta_tools(root: Node) -> tuple[Node, ...]:
 
 
 def _read_tools(tools: Sequence[Node], version: str) -> tuple[Capability, ...]:
-    first_at: dict[str, str] = {}
-    capabilities = []
-    for tool in tools:
-        capability = _read_tool(tool, version)
-        if capability.name in first_at:
-            raise InvalidArgument(
-                tool.at("name"),
-                f"gives the capability name {shown(capability.name)}, as {first_at[capability.name]} does; "
-                "tool names must be unique",
-            )
-        first_at[capability.name] = tool.at("name")
-        capabilities.append(capability)
-    return tuple(capabilities)
+    return read_unique(tools, "name", "tool names", lambda tool: _read_tool(tool, version))
 
 
 def _read_tool(tool: Node, version: str) -> Capability:

@@ -11,7 +11,6 @@ from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
-from opentelemetry import trace
 
 from registry.domain import validation as v
 from registry.domain.errors import FailedPrecondition
@@ -30,7 +29,7 @@ from registry.index.policy_mask import policy_mask
 from registry.service.outcomes import NO_VOTES, DiscoverMemory, OutcomeIndex, Votes
 from registry.service.serving import ServingSpace, Spaces
 from registry.service.shadow import ShadowRecorder
-from registry.telemetry import current
+from registry.telemetry import annotate_call, current
 
 SIMILARITY_WEIGHT = 0.9
 QUALITY_WEIGHT = 0.1
@@ -149,8 +148,8 @@ class DiscoveryService:
             answer = self._rank(live, query, vector, mask, found.rows, found.similarities, timings, t0)
         timings["rank"] = _ms(t0)
         timings["total"] = _ms(started)
-        trace.get_current_span().set_attributes(
-            {
+        annotate_call(
+            **{
                 "capreg.tenant": query.tenant,
                 "capreg.top_k": query.top_k,
                 "capreg.candidates": allowed,

@@ -193,7 +193,9 @@ class TenantOutcomes:
         for row, weight in zip(nearest.tolist(), weights.tolist(), strict=True):
             cap = self._caps[row]
             found[cap] = found.get(cap, 0.0) + weight * (2.0 * float(self._scores[row]) - 1.0)
-        return Votes(found, float(weights.sum()), dict(self.records), PRIOR_WEIGHT)
+        # The records themselves, not a copy per Discover: only the event-loop thread changes them, and a
+        # search uses its Votes within one turn of the loop.
+        return Votes(found, float(weights.sum()), self.records, PRIOR_WEIGHT)
 
 
 class OutcomeIndex:
