@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 if __package__ in (None, ""):  # run as `python bench/bulk_register.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REPO, ServerProcess, machine, scratch_dir
@@ -61,7 +59,8 @@ def model_batch_throughput(texts: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=5000)
-    parser.add_argument("--parallel", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=256, help="agents per RegisterAgents call")
+    parser.add_argument("--parallel", type=int, default=2, help="batches in flight")
     parser.add_argument("--smoke", action="store_true", help="300 agents")
     args = parser.parse_args()
     if args.smoke:
@@ -69,12 +68,13 @@ def main() -> None:
     model_rate = model_batch_throughput(min(2000, max(args.agents, 256)))
     print(f"model batch throughput: {model_rate:.0f} texts/s", file=sys.stderr)
     with scratch_dir() as scratch:
-        path = scratch / "manifest.yaml"
-        path.write_text(yaml.safe_dump(manifest(args.agents)))
+        path = scratch / "manifest.json"
+        path.write_text(json.dumps(manifest(args.agents)))
         with ServerProcess(scratch / "server") as server:
             env = {**os.environ, "CAPREG_API_KEY": server.api_key or ""}
             command = [sys.executable, "-m", "registry.cli.main", "agents", "apply", "-f", str(path), "--parallel",
-                       str(args.parallel), "--target", server.target, "--json", "--timeout", "120"]  # fmt: skip
+                       str(args.parallel), "--batch-size", str(args.batch_size), "--target", server.target, "--json",
+                       "--timeout", "300"]  # fmt: skip
             started = time.perf_counter()
             result = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO)
             seconds = time.perf_counter() - started
@@ -82,6 +82,7 @@ def main() -> None:
     summary = {
         "agents": args.agents,
         "created": sum(r["created"] for r in registered),
+        "batch_size": args.batch_size,
         "parallel": args.parallel,
         "seconds": round(seconds, 1),
         "capabilities_per_second": round(args.agents / seconds, 1),

@@ -286,6 +286,14 @@ CASES: dict[str, Case] = {
     REG + "RegisterAgent": Case(
         lambda w, t, f, i: registry_pb2.RegisterAgentRequest(agent=make_agent(w.name(t, "agent"), tenant=f))
     ),
+    REG + "RegisterAgents": Case(
+        lambda w, t, f, i: registry_pb2.RegisterAgentsRequest(
+            agents=[
+                registry_pb2.RegisterAgentRequest(agent=make_agent(w.name(t, "bulk-a"), tenant=f)),
+                registry_pb2.RegisterAgentRequest(agent=make_agent(w.name(t, "bulk-b"), tenant=f)),
+            ]
+        )
+    ),
     REG + "ImportAgentCard": Case(
         lambda w, t, f, i: registry_pb2.ImportAgentCardRequest(tenant=f, card_json=card_json(w.name(t, "card")))
     ),
@@ -571,6 +579,7 @@ def test_the_permission_table_says_what_each_role_may_do() -> None:
     by_role = {role: {m.rsplit("/", 1)[1] for m, roles in PERMISSIONS.items() if role in roles} for role in ROLES}
     assert by_role[Role.AGENT.value] == {
         "RegisterAgent",
+        "RegisterAgents",
         "UpdateAgentStatus",
         "DeregisterAgent",
         "Heartbeat",

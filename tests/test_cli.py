@@ -136,6 +136,34 @@ def test_errors_say_what_to_do(demo_server: ServerThread, tmp_path: Path) -> Non
     assert code == 1 and "agents[0]" in out
 
 
+def test_apply_sends_batches_and_names_the_manifest_entry_a_batch_failed_on(
+    demo_server: ServerThread, tmp_path: Path
+) -> None:
+    entries = [
+        {
+            "name": f"batched-{i}" if i != 3 else "Batched 3",  # not a valid name: the server refuses it
+            "kind": "tool",
+            "endpoint": f"https://batched-{i}.example.com",
+            "capabilities": [{"name": "lookup", "version": "1.0.0", "description": f"looks up record type {i}"}],
+        }
+        for i in range(5)
+    ]
+    manifest = tmp_path / "batched.json"
+    manifest.write_text(json.dumps({"agents": entries}))
+    target = ("--target", demo_server.target)
+    code, out = run("agents", "apply", "-f", str(manifest), "--batch-size", "2", "--parallel", "1", *target)
+    assert code == 1
+    assert "manifest agent #4 (Batched 3)" in out and "name" in out and "agents[" not in out
+    assert "2 agents in other batches were" in out
+    code, out = run("agents", "list", "--prefix", "batched-", "--json", *target)
+    assert sorted(a["name"] for a in json.loads(out)) == ["batched-0", "batched-1"]
+    entries[3]["name"] = "batched-3"
+    manifest.write_text(json.dumps({"agents": entries}))
+    code, out = run("agents", "apply", "-f", str(manifest), "--batch-size", "2", *target)
+    assert code == 0, out
+    assert "5 agents (5 capabilities): 3 created, 0 updated, 2 unchanged" in out
+
+
 def test_migrate_up_and_down(tmp_path: Path) -> None:
     code, out = run("migrate", "--data-dir", str(tmp_path))
     assert code == 0 and re.search(r"upgrade: empty -> (\d{4}) \(head is \1\)", out)

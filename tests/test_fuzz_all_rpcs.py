@@ -652,6 +652,23 @@ def richer_requests(w: World, dim: int) -> dict[str, list[Message]]:
                 )
             )
         ],
+        REG + "RegisterAgents": [
+            registry_pb2.RegisterAgentsRequest(
+                agents=[
+                    registry_pb2.RegisterAgentRequest(
+                        agent=make_agent(
+                            "fuzz-bulk-a",
+                            make_capability("summarize", vector=agent_pb2.Vector(values=unit)),
+                            tenant=ME,
+                            labels={"team": "blue"},
+                        )
+                    ),
+                    registry_pb2.RegisterAgentRequest(
+                        agent=make_agent("fuzz-bulk-b", make_capability("translate", "2.0.0"), tenant=ME)
+                    ),
+                ]
+            )
+        ],
         REG + "ListAgents": [
             registry_pb2.ListAgentsRequest(tenant=ME, page_size=1, page_token=page),
             registry_pb2.ListAgentsRequest(

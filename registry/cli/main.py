@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ from typing import Any
 
 import click
 from capreg.v1 import discovery_pb2
-from capreg_client import CapregClient, discover_request
+from capreg_client import CapregClient, CapregError, discover_request
 from capreg_client.requests import kind_value
 from rich.progress import (
     BarColumn,
@@ -268,16 +270,23 @@ def agents() -> None:
     help="A YAML or JSON manifest: {agents: [...]}.",
 )
 @click.option(
-    "--parallel",
-    type=click.IntRange(1, 256),
-    default=16,
+    "--batch-size",
+    type=click.IntRange(1, 1000),
+    default=100,
     show_default=True,
-    help="Registrations in flight: the server embeds concurrent ones in shared model calls.",
+    help="Agents per RegisterAgents call: one transaction each, their texts embedded in shared model calls.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Batches in flight: the server embeds one while it stores another.",
 )
 @client_options
 @json_option
-def agents_apply(path: Path, parallel: int, target: str, timeout: float, as_json: bool) -> None:
-    """Register (create or update) every agent in a manifest."""
+def agents_apply(path: Path, batch_size: int, parallel: int, target: str, timeout: float, as_json: bool) -> None:
+    """Register (create or update) every agent in a manifest, in batches (each all or nothing)."""
     try:
         manifest = load_agents(path)
     except ManifestError as error:
@@ -298,13 +307,16 @@ def agents_apply(path: Path, parallel: int, target: str, timeout: float, as_json
             task = progress.add_task("agents", total=len(manifest), rate="")
             done = 0
 
-            def advanced(_: object) -> None:
+            def advanced(count: int) -> None:
                 nonlocal done
-                done += 1
+                done += count
                 rate = done / max(time.perf_counter() - started, 1e-9)
-                progress.update(task, advance=1, rate=f"{rate:.0f} agents/s")
+                progress.update(task, advance=count, rate=f"{rate:.0f} agents/s")
 
-            return register_concurrently(client, manifest, parallel, advanced)
+            try:
+                return register_in_batches(client, manifest, batch_size, parallel, advanced)
+            except BatchFailed as error:
+                fail(str(error))
 
     results = call(target, timeout, register_all)
     if as_json:
@@ -540,21 +552,62 @@ def discover(
 APPLY_LIST_AT_MOST = 50  # agents listed one per line by `agents apply`; larger manifests get the summary
 
 
-def register_concurrently(
-    client: CapregClient, agents: list[Any], parallel: int, advanced: Callable[[object], None]
+def register_in_batches(
+    client: CapregClient, agents: list[Any], batch_size: int, parallel: int, advanced: Callable[[int], None]
 ) -> list[Any]:
-    """Register every agent with `parallel` calls in flight (the channel is thread-safe); answers in
-    manifest order. The first failure stops what has not started yet and is raised."""
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="apply") as pool:
-        futures = [pool.submit(client.register_agent, agent) for agent in agents]
-        for future in futures:
-            future.add_done_callback(advanced)
+    """Register every agent through RegisterAgents, `parallel` batches in flight (the channel is
+    thread-safe); answers in manifest order. After a refused batch no further batch starts; the error
+    names the manifest entry at fault and how many agents the other batches wrote."""
+    batches = [agents[i : i + batch_size] for i in range(0, len(agents), batch_size)]
+    stopped = threading.Event()
+    written = 0
+    lock = threading.Lock()
+
+    def register(batch: list[Any]) -> list[Any] | None:
+        nonlocal written
+        if stopped.is_set():
+            return None
         try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
+            answer = client.register_agents(batch)
+        except CapregError:
+            stopped.set()
             raise
+        with lock:
+            written += len(batch)
+        advanced(len(batch))
+        return list(answer.results)
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="apply") as pool:
+        futures = [pool.submit(register, batch) for batch in batches]
+        failure: tuple[int, CapregError] | None = None
+        for n, future in enumerate(futures):
+            try:
+                future.result()
+            except CapregError as refused:
+                failure = failure or (n, refused)
+    if failure is not None:
+        first, cause = failure
+        raise BatchFailed(first * batch_size, batches[first], cause, written)
+    return [result for future in futures for result in future.result() or ()]
+
+
+class BatchFailed(Exception):
+    """A batch was refused. The message names the manifest entry at fault (the request's agents[i] is the
+    i-th of the batch) and says what was and was not written."""
+
+    def __init__(self, start: int, batch: list[Any], error: CapregError, written: int):
+        self.error = error
+        text = f"{error.message} [field: {error.field}]" if error.field else error.message
+        pattern = r"agents\[(\d+)\]\.?(agent\.)?"
+        if (match := re.search(pattern, text)) and int(match.group(1)) < len(batch):
+            index = int(match.group(1))
+            entry = f"manifest agent #{start + index + 1} ({batch[index].name}) "
+            text = re.sub(pattern, lambda _: entry, text).replace(" :", ":")
+        super().__init__(
+            f"{error.code.name}: {text}\nNothing of the batch of {len(batch)} agents holding it was written; "
+            f"{written} agents in other batches were. Fix the manifest and apply it again (applying is "
+            "idempotent)."
+        )
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:

@@ -111,6 +111,7 @@ _ADMIN = frozenset({Role.OPERATOR})
 _CLUSTER_ONLY: frozenset[Role] = frozenset()  # no role but cluster-operator (which may call everything)
 PERMISSIONS: dict[str, frozenset[str]] = {
     "/capreg.v1.RegistryService/RegisterAgent": _AGENT_WRITE,
+    "/capreg.v1.RegistryService/RegisterAgents": _AGENT_WRITE,
     "/capreg.v1.RegistryService/UpdateAgentStatus": _AGENT_WRITE,
     "/capreg.v1.RegistryService/DeregisterAgent": _AGENT_WRITE,
     "/capreg.v1.RegistryService/Heartbeat": _AGENT_WRITE,

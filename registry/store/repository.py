@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -174,180 +174,215 @@ class RegistryStore:
         built, or ready for rollback), so nothing registered meanwhile is missing from it.
         """
         primary = SpaceVectors(space_id, text_hashes, vectors)
+        return self.register_many([Registration(agent, expected_generation, primary, more, document)])[0]
+
+    def register_many(self, registrations: Sequence[Registration]) -> list[WriteResult]:
+        """Register every agent in one transaction: all or none. Rows are locked in (tenant, name) order,
+        so two concurrent batches cannot deadlock, and the change-log rows are appended last, so the log's
+        lock is held only for those inserts and the commit. Answers in the given order."""
+        order = sorted(
+            range(len(registrations)), key=lambda i: (registrations[i].agent.tenant, registrations[i].agent.name)
+        )
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return self._register_once(agent, expected_generation, primary, more, document)
+                return self._register_all(registrations, order)
             except IntegrityError as exc:  # a concurrent first registration of the same tenant or name
                 if attempt == CONFLICT_RETRIES - 1:
-                    raise Conflict(f"agent {agent.tenant}/{agent.name} is being registered concurrently") from exc
+                    names = ", ".join(f"{r.agent.tenant}/{r.agent.name}" for r in registrations[:3])
+                    more = f" (and {len(registrations) - 3} more)" if len(registrations) > 3 else ""
+                    raise Conflict(f"agent {names}{more} is being registered concurrently") from exc
         raise AssertionError("unreachable")
 
-    def _register_once(
-        self,
-        agent: Agent,
-        expected_generation: int,
-        primary: SpaceVectors,
-        more: Sequence[SpaceVectors],
-        document: AgentDocument | None,
-    ) -> WriteResult:
+    def _register_all(self, registrations: Sequence[Registration], order: Sequence[int]) -> list[WriteResult]:
         now = now_utc()
-        space_id, text_hashes, vectors = primary
+        many = len(registrations) > 1
         with self._begin() as conn:
-            self._ensure_tenant(conn, agent.tenant, now)
-            row = (
-                conn.execute(
-                    select(t.agents)
-                    .where(t.agents.c.tenant_id == agent.tenant, t.agents.c.name == agent.name)
-                    .with_for_update()
-                )
-                .mappings()
-                .first()
+            pending: dict[int, _Pending] = {}
+            for i in order:
+                try:
+                    pending[i] = self._register_in(conn, registrations[i], now)
+                except (Conflict, NotFound) as exc:
+                    if many:
+                        raise type(exc)(f"agents[{i}]: {exc.message}") from exc
+                    raise
+            results: dict[int, WriteResult] = {}
+            observed = 0
+            for i in order:
+                step = pending[i]
+                if step.op:
+                    results[i] = step.finish(self._log(conn, step.tenant, step.agent_id, step.op, now))
+                else:
+                    observed = observed or changelog.last_seq(conn)
+                    results[i] = step.finish(observed)
+        return [results[i] for i in range(len(registrations))]
+
+    def _register_in(self, conn: Connection, registration: Registration, now: datetime) -> _Pending:
+        """One agent's upsert inside the caller's transaction; the change-log row is left to the caller."""
+        agent, expected_generation, primary, more, document = registration
+        space_id, text_hashes, vectors = primary
+        self._ensure_tenant(conn, agent.tenant, now)
+        row = (
+            conn.execute(
+                select(t.agents)
+                .where(t.agents.c.tenant_id == agent.tenant, t.agents.c.name == agent.name)
+                .with_for_update()
             )
-            created = row is None
-            if row is None:
-                if expected_generation:
-                    raise Conflict(
-                        f"agent {agent.tenant}/{agent.name} does not exist, but generation {expected_generation} "
-                        "was expected; send expected_generation 0 to create it"
-                    )
-                agent_id = str(uuid.uuid4())
-                status = agent.status or AgentStatus.ACTIVE
-                visibility = agent.visibility or Visibility.PRIVATE
-                lease_ttl_ms = _lease_ms(agent.lease_ttl_s, 0)
+            .mappings()
+            .first()
+        )
+        created = row is None
+        if row is None:
+            if expected_generation:
+                raise Conflict(
+                    f"agent {agent.tenant}/{agent.name} does not exist, but generation {expected_generation} "
+                    "was expected; send expected_generation 0 to create it"
+                )
+            agent_id = str(uuid.uuid4())
+            status = agent.status or AgentStatus.ACTIVE
+            visibility = agent.visibility or Visibility.PRIVATE
+            lease_ttl_ms = _lease_ms(agent.lease_ttl_s, 0)
+            conn.execute(
+                insert(t.agents).values(
+                    id=agent_id,
+                    tenant_id=agent.tenant,
+                    name=agent.name,
+                    kind=agent.kind.value,
+                    endpoint=agent.endpoint,
+                    description=agent.description,
+                    labels=agent.labels,
+                    status=status.value,
+                    visibility=visibility.value,
+                    shared_with=list(agent.shared_with),
+                    generation=1,
+                    created_at=now,
+                    updated_at=now,
+                    lease_ttl_ms=lease_ttl_ms,
+                    lease_expires_at=_lease_end(now, lease_ttl_ms),
+                )
+            )
+            stored_caps: dict[tuple[str, str], Any] = {}
+            agent_changed = True
+        else:
+            agent_id = row["id"]
+            _check_generation(row["generation"], expected_generation, agent)
+            status = agent.status or AgentStatus(row["status"])
+            visibility = agent.visibility or Visibility(row["visibility"])
+            lease_ttl_ms = _lease_ms(agent.lease_ttl_s, row["lease_ttl_ms"])
+            agent_changed = (
+                row["lease_ttl_ms"] != lease_ttl_ms
+                or row["kind"] != agent.kind.value
+                or row["endpoint"] != agent.endpoint
+                or row["description"] != agent.description
+                or dict(row["labels"]) != agent.labels
+                or row["status"] != status.value
+                or row["visibility"] != visibility.value
+                or list(row["shared_with"]) != list(agent.shared_with)
+            )
+            stored_caps = {
+                (r["name"], r["version"]): r
+                for r in conn.execute(select(t.capabilities).where(t.capabilities.c.agent_id == agent_id))
+                .mappings()
+                .all()
+            }
+
+        wanted = {cap.key for cap in agent.capabilities}
+        removed = [r["id"] for key, r in stored_caps.items() if key not in wanted]
+        stored_ids = [r["id"] for r in stored_caps.values()]
+        stored_hashes = {
+            sv.space_id: _vector_column(conn, sv.space_id, stored_ids, t.capability_vectors.c.text_sha256)
+            for sv in (primary, *more)
+        }
+        new_vectors: dict[str, npt.NDArray[np.float32]] = {}
+        caps_changed = bool(removed)
+        other_vectors_changed = False  # only another live space gained a vector: no new generation
+        for i, (cap, text_hash) in enumerate(zip(agent.capabilities, text_hashes, strict=True)):
+            old = stored_caps.get(cap.key)
+            if old is None:
+                cap_id = str(uuid.uuid4())
                 conn.execute(
-                    insert(t.agents).values(
-                        id=agent_id,
-                        tenant_id=agent.tenant,
-                        name=agent.name,
-                        kind=agent.kind.value,
-                        endpoint=agent.endpoint,
-                        description=agent.description,
-                        labels=agent.labels,
-                        status=status.value,
-                        visibility=visibility.value,
-                        shared_with=list(agent.shared_with),
-                        generation=1,
+                    insert(t.capabilities).values(
+                        id=cap_id,
+                        agent_id=agent_id,
                         created_at=now,
                         updated_at=now,
-                        lease_ttl_ms=lease_ttl_ms,
-                        lease_expires_at=_lease_end(now, lease_ttl_ms),
+                        **capability_values(cap),
                     )
                 )
-                stored_caps: dict[tuple[str, str], Any] = {}
-                agent_changed = True
+                caps_changed = True
             else:
-                agent_id = row["id"]
-                _check_generation(row["generation"], expected_generation, agent)
-                status = agent.status or AgentStatus(row["status"])
-                visibility = agent.visibility or Visibility(row["visibility"])
-                lease_ttl_ms = _lease_ms(agent.lease_ttl_s, row["lease_ttl_ms"])
-                agent_changed = (
-                    row["lease_ttl_ms"] != lease_ttl_ms
-                    or row["kind"] != agent.kind.value
-                    or row["endpoint"] != agent.endpoint
-                    or row["description"] != agent.description
-                    or dict(row["labels"]) != agent.labels
-                    or row["status"] != status.value
-                    or row["visibility"] != visibility.value
-                    or list(row["shared_with"]) != list(agent.shared_with)
-                )
-                stored_caps = {
-                    (r["name"], r["version"]): r
-                    for r in conn.execute(select(t.capabilities).where(t.capabilities.c.agent_id == agent_id))
-                    .mappings()
-                    .all()
-                }
-
-            wanted = {cap.key for cap in agent.capabilities}
-            removed = [r["id"] for key, r in stored_caps.items() if key not in wanted]
-            stored_ids = [r["id"] for r in stored_caps.values()]
-            stored_hashes = {
-                sv.space_id: _vector_column(conn, sv.space_id, stored_ids, t.capability_vectors.c.text_sha256)
-                for sv in (primary, *more)
-            }
-            new_vectors: dict[str, npt.NDArray[np.float32]] = {}
-            caps_changed = bool(removed)
-            other_vectors_changed = False  # only another live space gained a vector: no new generation
-            for i, (cap, text_hash) in enumerate(zip(agent.capabilities, text_hashes, strict=True)):
-                old = stored_caps.get(cap.key)
-                if old is None:
-                    cap_id = str(uuid.uuid4())
+                cap_id = old["id"]
+                if capability_from_row(old).content() != cap.content():
                     conn.execute(
-                        insert(t.capabilities).values(
-                            id=cap_id,
-                            agent_id=agent_id,
-                            created_at=now,
-                            updated_at=now,
-                            **capability_values(cap),
-                        )
+                        update(t.capabilities)
+                        .where(t.capabilities.c.id == cap_id)
+                        .values(updated_at=now, **capability_values(cap))
                     )
                     caps_changed = True
-                else:
-                    cap_id = old["id"]
-                    if capability_from_row(old).content() != cap.content():
-                        conn.execute(
-                            update(t.capabilities)
-                            .where(t.capabilities.c.id == cap_id)
-                            .values(updated_at=now, **capability_values(cap))
-                        )
-                        caps_changed = True
-                if stored_hashes[space_id].get(cap_id) != text_hash:
-                    exists = cap_id in stored_hashes[space_id]
-                    self._put_vector(conn, cap_id, space_id, text_hash, vectors[text_hash], now, exists)
-                    new_vectors[cap_id] = vector_from_bytes(vectors[text_hash])
-                    caps_changed = True
-                for other in more:
-                    other_hash = other.hashes[i]
-                    if stored_hashes[other.space_id].get(cap_id) != other_hash:
-                        exists = cap_id in stored_hashes[other.space_id]
-                        self._put_vector(
-                            conn, cap_id, other.space_id, other_hash, other.vectors[other_hash], now, exists
-                        )
-                        other_vectors_changed = True
-            if removed:
-                conn.execute(delete(t.capabilities).where(t.capabilities.c.id.in_(removed)))
-            if document is not None:
-                _put_document(conn, agent_id, document, now)
+            if stored_hashes[space_id].get(cap_id) != text_hash:
+                exists = cap_id in stored_hashes[space_id]
+                self._put_vector(conn, cap_id, space_id, text_hash, vectors[text_hash], now, exists)
+                new_vectors[cap_id] = vector_from_bytes(vectors[text_hash])
+                caps_changed = True
+            for other in more:
+                other_hash = other.hashes[i]
+                if stored_hashes[other.space_id].get(cap_id) != other_hash:
+                    exists = cap_id in stored_hashes[other.space_id]
+                    self._put_vector(conn, cap_id, other.space_id, other_hash, other.vectors[other_hash], now, exists)
+                    other_vectors_changed = True
+        if removed:
+            conn.execute(delete(t.capabilities).where(t.capabilities.c.id.in_(removed)))
+        if document is not None:
+            _put_document(conn, agent_id, document, now)
 
-            if not (agent_changed or caps_changed):
-                # Nothing changed; a leased agent's registration still renews its lease, and vectors new to
-                # another live space are logged so that every replica's index of that space gets them.
-                if lease_ttl_ms:
-                    observed = self._renew(conn, agent.tenant, agent_id, lease_ttl_ms, now)
-                elif other_vectors_changed:
-                    observed = self._log(conn, agent.tenant, agent_id, "vectors", now)
-                else:
-                    observed = changelog.last_seq(conn)
-                stored = self._load_agent(conn, agent_id)
-                return WriteResult(agent=stored, seq=0, change=CatalogChange(seq=0), observed_seq=observed)
-            if not created:
-                conn.execute(
-                    update(t.agents)
-                    .where(t.agents.c.id == agent_id)
-                    .values(
-                        kind=agent.kind.value,
-                        endpoint=agent.endpoint,
-                        description=agent.description,
-                        labels=agent.labels,
-                        status=status.value,
-                        visibility=visibility.value,
-                        shared_with=list(agent.shared_with),
-                        generation=t.agents.c.generation + 1,
-                        updated_at=now,
-                        lease_ttl_ms=lease_ttl_ms,
-                        lease_expires_at=_lease_end(now, lease_ttl_ms),
-                    )
+        if not (agent_changed or caps_changed):
+            # Nothing changed; a leased agent's registration still renews its lease, and vectors new to
+            # another live space are logged so that every replica's index of that space gets them.
+            op = ""
+            if lease_ttl_ms:
+                self._set_lease(conn, agent_id, lease_ttl_ms, now)
+                op = "lease"
+            elif other_vectors_changed:
+                op = "vectors"
+            unchanged = self._load_agent(conn, agent_id)
+            return _Pending(
+                agent.tenant,
+                agent_id,
+                op,
+                lambda observed: WriteResult(
+                    agent=unchanged, seq=0, change=CatalogChange(seq=0), observed_seq=observed
+                ),
+            )
+        if not created:
+            conn.execute(
+                update(t.agents)
+                .where(t.agents.c.id == agent_id)
+                .values(
+                    kind=agent.kind.value,
+                    endpoint=agent.endpoint,
+                    description=agent.description,
+                    labels=agent.labels,
+                    status=status.value,
+                    visibility=visibility.value,
+                    shared_with=list(agent.shared_with),
+                    generation=t.agents.c.generation + 1,
+                    updated_at=now,
+                    lease_ttl_ms=lease_ttl_ms,
+                    lease_expires_at=_lease_end(now, lease_ttl_ms),
                 )
-            seq = self._log(conn, agent.tenant, agent_id, "create" if created else "update", now)
-            stored = self._load_agent(conn, agent_id)
+            )
+        stored = self._load_agent(conn, agent_id)
         hashes = {cap.key: h for cap, h in zip(agent.capabilities, text_hashes, strict=True)}
         upserts = tuple(_entry(stored, cap, new_vectors.get(cap.id), hashes[cap.key]) for cap in stored.capabilities)
-        return WriteResult(
-            agent=stored,
-            seq=seq,
-            change=CatalogChange(seq=seq, upserts=upserts, removed=tuple(removed)),
-            created=created,
-        )
+
+        def finish(seq: int) -> WriteResult:
+            return WriteResult(
+                agent=stored,
+                seq=seq,
+                change=CatalogChange(seq=seq, upserts=upserts, removed=tuple(removed)),
+                created=created,
+            )
+
+        return _Pending(agent.tenant, agent_id, "create" if created else "update", finish)
 
     def update_status(self, ref: AgentRef, status: AgentStatus, expected_generation: int) -> WriteResult:
         now = now_utc()
@@ -512,12 +547,16 @@ class RegistryStore:
         return changelog.append(conn, tenant, "agent", agent_id, op, now)
 
     def _renew(self, conn: Connection, tenant: str, agent_id: str, ttl_ms: int, now: datetime) -> int:
+        self._set_lease(conn, agent_id, ttl_ms, now)
+        return self._log(conn, tenant, agent_id, "lease", now)
+
+    @staticmethod
+    def _set_lease(conn: Connection, agent_id: str, ttl_ms: int, now: datetime) -> None:
         conn.execute(
             update(t.agents)
             .where(t.agents.c.id == agent_id)
             .values(lease_ttl_ms=ttl_ms, lease_expires_at=_lease_end(now, ttl_ms))
         )
-        return self._log(conn, tenant, agent_id, "lease", now)
 
     @staticmethod
     def _put_vector(
@@ -584,6 +623,26 @@ class SpaceVectors(NamedTuple):
     space_id: int
     hashes: Sequence[str]
     vectors: dict[str, bytes]
+
+
+class Registration(NamedTuple):
+    """One agent to register: its vectors in the serving space (`primary`) and every other live one."""
+
+    agent: Agent
+    expected_generation: int
+    primary: SpaceVectors
+    more: Sequence[SpaceVectors] = ()
+    document: AgentDocument | None = None  # None leaves a stored document as it is
+
+
+class _Pending(NamedTuple):
+    """An agent written but not yet logged: the change-log op ("" when nothing needs logging) and how to
+    answer once the caller knows the seq."""
+
+    tenant: str
+    agent_id: str
+    op: str
+    finish: Callable[[int], WriteResult]
 
 
 def _vector_column(conn: Connection, space_id: int, cap_ids: list[str], column: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from capreg.v1 import registry_pb2
 from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 
@@ -28,6 +29,7 @@ ROLES_HEADER = "x-capreg-roles"
 # they change.
 AUDITED: dict[str, tuple[str, str]] = {
     "/capreg.v1.RegistryService/RegisterAgent": ("agent", "agent.name"),
+    "/capreg.v1.RegistryService/RegisterAgents": ("agent", "agents"),  # summarised: see _audit_details
     "/capreg.v1.RegistryService/UpdateAgentStatus": ("agent", "agent"),
     "/capreg.v1.RegistryService/DeregisterAgent": ("agent", "agent"),
     "/capreg.v1.RegistryService/ImportAgentCard": ("agent", "response.agent.name"),
@@ -96,7 +98,30 @@ def _describe(request: Message, path: str) -> str:
         value = getattr(value, part, "")
     if isinstance(value, Message):
         return "/".join(str(getattr(value, f)) for f in ("tenant", "name", "id") if getattr(value, f, ""))
+    if path == "agents" and isinstance(request, registry_pb2.RegisterAgentsRequest):
+        names = [item.agent.name for item in request.agents]
+        return f"{len(names)} agents: " + ", ".join(names)  # the audit row keeps the first 160 characters
     return str(value)
+
+
+def _audit_details(request: Message) -> dict[str, Any]:
+    """The request as JSON; a bulk registration as one short entry per agent (its whole request, vectors
+    included, could be megabytes)."""
+    if isinstance(request, registry_pb2.RegisterAgentsRequest):
+        return {
+            "agents": [
+                {
+                    "tenant": item.agent.tenant,
+                    "name": item.agent.name,
+                    "endpoint": item.agent.endpoint,
+                    "capabilities": [f"{cap.name}@{cap.version}" for cap in item.agent.capabilities],
+                    "expected_generation": item.expected_generation,
+                }
+                for item in request.agents
+            ]
+        }
+    details: dict[str, Any] = json_format.MessageToDict(request, preserving_proto_field_name=True)
+    return details
 
 
 def _tenant_of(message: Message) -> str:
@@ -212,7 +237,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         assert self._keys is not None
         entity, path = audited
         try:
-            details = json_format.MessageToDict(request, preserving_proto_field_name=True)
+            details = _audit_details(request)
         except json_format.Error:  # e.g. an out-of-range Timestamp in an output-only field, which was ignored
             details = {"request": text_format.MessageToString(request, as_one_line=True)[:MAX_AUDIT_TEXT]}
         for field in SECRET_FIELDS:

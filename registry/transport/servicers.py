@@ -12,7 +12,7 @@ import grpc
 from capreg.v1 import agent_pb2, discovery_pb2, discovery_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 from registry.domain.errors import FailedPrecondition, InvalidArgument
-from registry.domain.models import AgentRef, DiscoverQuery
+from registry.domain.models import AgentRef, DiscoverQuery, WriteResult
 from registry.service.discovery_service import DiscoveryService
 from registry.service.interop_service import ExportedDocument, ImportOptions, ImportResult, InteropService
 from registry.service.registry_service import RegistryService
@@ -68,13 +68,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.RegisterAgentResponse:
         agent = convert.agent_from_proto(request.agent)
         agent = replace(agent, tenant=scoped_tenant(agent.tenant, "agent.tenant"))
-        result = await self._service.register(agent, request.expected_generation)
-        assert result.agent is not None
-        return registry_pb2.RegisterAgentResponse(
-            agent=convert.agent_to_proto(result.agent),
-            created=result.created,
-            changed=result.changed,
-            consistency_token=result.token,
+        return _registered(await self._service.register(agent, request.expected_generation))
+
+    async def RegisterAgents(
+        self, request: registry_pb2.RegisterAgentsRequest, context: Context
+    ) -> registry_pb2.RegisterAgentsResponse:
+        pairs = []
+        for i, item in enumerate(request.agents):
+            agent = convert.agent_from_proto(item.agent, f"agents[{i}].agent")
+            agent = replace(agent, tenant=scoped_tenant(agent.tenant, f"agents[{i}].agent.tenant"))
+            pairs.append((agent, item.expected_generation))
+        results = await self._service.register_many(pairs)
+        return registry_pb2.RegisterAgentsResponse(
+            results=[_registered(result) for result in results],
+            consistency_token=max(result.token for result in results),
         )
 
     async def GetAgent(self, request: registry_pb2.GetAgentRequest, context: Context) -> registry_pb2.GetAgentResponse:
@@ -218,4 +225,14 @@ def _imported(result: ImportResult) -> registry_pb2.ImportAgentResponse:
 def _exported(exported: ExportedDocument) -> registry_pb2.ExportDocumentResponse:
     return registry_pb2.ExportDocumentResponse(
         document_json=json.dumps(exported.document, indent=2, ensure_ascii=False), format=exported.format
+    )
+
+
+def _registered(result: WriteResult) -> registry_pb2.RegisterAgentResponse:
+    assert result.agent is not None
+    return registry_pb2.RegisterAgentResponse(
+        agent=convert.agent_to_proto(result.agent),
+        created=result.created,
+        changed=result.changed,
+        consistency_token=result.token,
     )

@@ -89,6 +89,24 @@ class AsyncCapregClient:
         request = registry_pb2.RegisterAgentRequest(agent=agent, expected_generation=expected_generation)
         return await self._call(self._registry.RegisterAgent, request, timeout)
 
+    async def register_agents(
+        self,
+        agents: Sequence[agent_pb2.Agent | registry_pb2.RegisterAgentRequest],
+        *,
+        timeout: float | None = None,
+    ) -> registry_pb2.RegisterAgentsResponse:
+        """Register up to 1,000 agents in one call and one transaction (all or none): the bulk path. Give
+        agents, or RegisterAgentRequests to set an expected generation per agent."""
+        request = registry_pb2.RegisterAgentsRequest(
+            agents=[
+                item
+                if isinstance(item, registry_pb2.RegisterAgentRequest)
+                else registry_pb2.RegisterAgentRequest(agent=item)
+                for item in agents
+            ]
+        )
+        return await self._call(self._registry.RegisterAgents, request, timeout)
+
     async def import_agent_card(
         self,
         card: str | Mapping[str, Any],

@@ -317,6 +317,54 @@ class RegisterAgentResponse(_message.Message):
 Global___RegisterAgentResponse: _TypeAlias = RegisterAgentResponse  # noqa: Y015
 
 @_typing.final
+class RegisterAgentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisterAgentRequest]: ...
+    def __init__(
+        self,
+        *,
+        agents: _abc.Iterable[Global___RegisterAgentRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterAgentsRequest: _TypeAlias = RegisterAgentsRequest  # noqa: Y015
+
+@_typing.final
+class RegisterAgentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.int
+    """The newest change this call made or saw: Discover(min_seq) with it, on any
+    replica, sees every agent of the call.
+    """
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisterAgentResponse]:
+        """one per agent, in request order"""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RegisterAgentResponse] | None = ...,
+        consistency_token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterAgentsResponse: _TypeAlias = RegisterAgentsResponse  # noqa: Y015
+
+@_typing.final
 class GetAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

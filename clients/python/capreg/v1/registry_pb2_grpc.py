@@ -89,6 +89,11 @@ class RegistryServiceStub:
                 request_serializer=capreg_dot_v1_dot_registry__pb2.ExportMcpServerRequest.SerializeToString,
                 response_deserializer=capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.FromString,
                 _registered_method=True)
+        self.RegisterAgents = channel.unary_unary(
+                '/capreg.v1.RegistryService/RegisterAgents',
+                request_serializer=capreg_dot_v1_dot_registry__pb2.RegisterAgentsRequest.SerializeToString,
+                response_deserializer=capreg_dot_v1_dot_registry__pb2.RegisterAgentsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -177,6 +182,18 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterAgents(self, request, context):
+        """Registers (or updates) many agents at once: one database transaction and
+        texts embedded in model-sized batches, for bulk loads. All or nothing: a
+        bad agent is INVALID_ARGUMENT naming it (agents[3].agent.name), a
+        generation mismatch is ABORTED naming it, and nothing is written. Each
+        agent is handled as RegisterAgent would; an agent may appear once per call.
+        At most 1,000 agents per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +251,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ExportMcpServer,
                     request_deserializer=capreg_dot_v1_dot_registry__pb2.ExportMcpServerRequest.FromString,
                     response_serializer=capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.SerializeToString,
+            ),
+            'RegisterAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterAgents,
+                    request_deserializer=capreg_dot_v1_dot_registry__pb2.RegisterAgentsRequest.FromString,
+                    response_serializer=capreg_dot_v1_dot_registry__pb2.RegisterAgentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +555,33 @@ class RegistryService:
             '/capreg.v1.RegistryService/ExportMcpServer',
             capreg_dot_v1_dot_registry__pb2.ExportMcpServerRequest.SerializeToString,
             capreg_dot_v1_dot_registry__pb2.ExportDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/capreg.v1.RegistryService/RegisterAgents',
+            capreg_dot_v1_dot_registry__pb2.RegisterAgentsRequest.SerializeToString,
+            capreg_dot_v1_dot_registry__pb2.RegisterAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,14 @@ class RegistryServiceStub:
     publisher-provided tool list).
     """
     ExportMcpServer: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportMcpServerRequest, _registry_pb2.ExportDocumentResponse]
+    RegisterAgents: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterAgentsRequest, _registry_pb2.RegisterAgentsResponse]
+    """Registers (or updates) many agents at once: one database transaction and
+    texts embedded in model-sized batches, for bulk loads. All or nothing: a
+    bad agent is INVALID_ARGUMENT naming it (agents[3].agent.name), a
+    generation mismatch is ABORTED naming it, and nothing is written. Each
+    agent is handled as RegisterAgent would; an agent may appear once per call.
+    At most 1,000 agents per call.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -101,6 +109,14 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     publisher-provided tool list).
     """
     ExportMcpServer: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportMcpServerRequest, _registry_pb2.ExportDocumentResponse]  # type: ignore[assignment]
+    RegisterAgents: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterAgentsRequest, _registry_pb2.RegisterAgentsResponse]  # type: ignore[assignment]
+    """Registers (or updates) many agents at once: one database transaction and
+    texts embedded in model-sized batches, for bulk loads. All or nothing: a
+    bad agent is INVALID_ARGUMENT naming it (agents[3].agent.name), a
+    generation mismatch is ABORTED naming it, and nothing is written. Each
+    agent is handled as RegisterAgent would; an agent may appear once per call.
+    At most 1,000 agents per call.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -201,5 +217,19 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ExportMcpServerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ExportDocumentResponse, _abc.Awaitable[_registry_pb2.ExportDocumentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RegisterAgents(
+        self,
+        request: _registry_pb2.RegisterAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RegisterAgentsResponse, _abc.Awaitable[_registry_pb2.RegisterAgentsResponse]]:
+        """Registers (or updates) many agents at once: one database transaction and
+        texts embedded in model-sized batches, for bulk loads. All or nothing: a
+        bad agent is INVALID_ARGUMENT naming it (agents[3].agent.name), a
+        generation mismatch is ABORTED naming it, and nothing is written. Each
+        agent is handled as RegisterAgent would; an agent may appear once per call.
+        At most 1,000 agents per call.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
