@@ -23,6 +23,7 @@ from registry.store.notify import notify
 
 # pg_advisory_xact_lock key: "capreg" + "log" in ASCII, chosen not to collide with other users' keys.
 LOG_LOCK_KEY = 0x6361707265676C6F
+_INSERT = insert(t.change_log)  # values as parameters: compiled once, not per row
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +42,14 @@ def append(conn: Connection, tenant: str, entity: str, entity_id: str, op: str, 
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK_KEY})
     notify(conn, entity)
     key = conn.execute(
-        insert(t.change_log).values(
-            tenant_id=tenant, entity=entity, entity_id=entity_id, op=op, created_at=now or datetime.now(UTC)
-        )
+        _INSERT,
+        {
+            "tenant_id": tenant,
+            "entity": entity,
+            "entity_id": entity_id,
+            "op": op,
+            "created_at": now or datetime.now(UTC),
+        },
     ).inserted_primary_key
     assert key is not None
     return int(key[0])

@@ -42,6 +42,11 @@ from registry.store import tables as t
 from registry.store.rows import agent_from_row, capability_from_row, capability_values, space_from_row, utc
 
 CONFLICT_RETRIES = 3
+# Built once: a statement with its values given as execute() parameters compiles once and is cached, where
+# insert(...).values(...) per row costs a cache-key walk of every value (a third of a bulk registration).
+_INSERT_AGENT = insert(t.agents)
+_INSERT_CAPABILITY = insert(t.capabilities)
+_INSERT_VECTOR = insert(t.capability_vectors)
 
 
 def now_utc() -> datetime:
@@ -197,6 +202,8 @@ class RegistryStore:
         now = now_utc()
         many = len(registrations) > 1
         with self._begin() as conn:
+            for tenant in sorted({r.agent.tenant for r in registrations}):
+                self._ensure_tenant(conn, tenant, now)
             pending: dict[int, _Pending] = {}
             for i in order:
                 try:
@@ -205,22 +212,22 @@ class RegistryStore:
                     if many:
                         raise type(exc)(f"agents[{i}]: {exc.message}") from exc
                     raise
+            stored = self._load_agents(conn, [step.agent_id for step in pending.values()])
             results: dict[int, WriteResult] = {}
             observed = 0
             for i in order:
                 step = pending[i]
                 if step.op:
-                    results[i] = step.finish(self._log(conn, step.tenant, step.agent_id, step.op, now))
+                    seq = self._log(conn, step.tenant, step.agent_id, step.op, now)
                 else:
-                    observed = observed or changelog.last_seq(conn)
-                    results[i] = step.finish(observed)
+                    seq = observed = observed or changelog.last_seq(conn)
+                results[i] = step.finish(seq, stored[step.agent_id])
         return [results[i] for i in range(len(registrations))]
 
     def _register_in(self, conn: Connection, registration: Registration, now: datetime) -> _Pending:
         """One agent's upsert inside the caller's transaction; the change-log row is left to the caller."""
         agent, expected_generation, primary, more, document = registration
         space_id, text_hashes, vectors = primary
-        self._ensure_tenant(conn, agent.tenant, now)
         row = (
             conn.execute(
                 select(t.agents)
@@ -242,7 +249,8 @@ class RegistryStore:
             visibility = agent.visibility or Visibility.PRIVATE
             lease_ttl_ms = _lease_ms(agent.lease_ttl_s, 0)
             conn.execute(
-                insert(t.agents).values(
+                _INSERT_AGENT,
+                dict(
                     id=agent_id,
                     tenant_id=agent.tenant,
                     name=agent.name,
@@ -258,7 +266,7 @@ class RegistryStore:
                     updated_at=now,
                     lease_ttl_ms=lease_ttl_ms,
                     lease_expires_at=_lease_end(now, lease_ttl_ms),
-                )
+                ),
             )
             stored_caps: dict[tuple[str, str], Any] = {}
             agent_changed = True
@@ -300,13 +308,8 @@ class RegistryStore:
             if old is None:
                 cap_id = str(uuid.uuid4())
                 conn.execute(
-                    insert(t.capabilities).values(
-                        id=cap_id,
-                        agent_id=agent_id,
-                        created_at=now,
-                        updated_at=now,
-                        **capability_values(cap),
-                    )
+                    _INSERT_CAPABILITY,
+                    dict(id=cap_id, agent_id=agent_id, created_at=now, updated_at=now, **capability_values(cap)),
                 )
                 caps_changed = True
             else:
@@ -343,12 +346,11 @@ class RegistryStore:
                 op = "lease"
             elif other_vectors_changed:
                 op = "vectors"
-            unchanged = self._load_agent(conn, agent_id)
             return _Pending(
                 agent.tenant,
                 agent_id,
                 op,
-                lambda observed: WriteResult(
+                lambda observed, unchanged: WriteResult(
                     agent=unchanged, seq=0, change=CatalogChange(seq=0), observed_seq=observed
                 ),
             )
@@ -370,11 +372,12 @@ class RegistryStore:
                     lease_expires_at=_lease_end(now, lease_ttl_ms),
                 )
             )
-        stored = self._load_agent(conn, agent_id)
         hashes = {cap.key: h for cap, h in zip(agent.capabilities, text_hashes, strict=True)}
-        upserts = tuple(_entry(stored, cap, new_vectors.get(cap.id), hashes[cap.key]) for cap in stored.capabilities)
 
-        def finish(seq: int) -> WriteResult:
+        def finish(seq: int, stored: Agent) -> WriteResult:
+            upserts = tuple(
+                _entry(stored, cap, new_vectors.get(cap.id), hashes[cap.key]) for cap in stored.capabilities
+            )
             return WriteResult(
                 agent=stored,
                 seq=seq,
@@ -579,7 +582,7 @@ class RegistryStore:
                 .values(**values)
             )
         else:
-            conn.execute(insert(t.capability_vectors).values(capability_id=cap_id, space_id=space_id, **values))
+            conn.execute(_INSERT_VECTOR, dict(capability_id=cap_id, space_id=space_id, **values))
 
     @staticmethod
     def _find_agent_row(conn: Connection, ref: AgentRef, *, for_update: bool = False) -> Any:
@@ -601,6 +604,12 @@ class RegistryStore:
     def _load_agent(self, conn: Connection, agent_id: str) -> Agent:
         row = conn.execute(select(t.agents).where(t.agents.c.id == agent_id)).mappings().one()
         return agent_from_row(row, self._capabilities_of(conn, [agent_id]).get(agent_id, ()))
+
+    def _load_agents(self, conn: Connection, agent_ids: list[str]) -> dict[str, Agent]:
+        """Several agents by id in two queries (a bulk registration reads back what it wrote)."""
+        rows = conn.execute(select(t.agents).where(t.agents.c.id.in_(agent_ids))).mappings().all()
+        capabilities = self._capabilities_of(conn, agent_ids)
+        return {row["id"]: agent_from_row(row, capabilities.get(row["id"], ())) for row in rows}
 
     @staticmethod
     def _capabilities_of(conn: Connection, agent_ids: list[str]) -> dict[str, tuple[Any, ...]]:
@@ -642,7 +651,7 @@ class _Pending(NamedTuple):
     tenant: str
     agent_id: str
     op: str
-    finish: Callable[[int], WriteResult]
+    finish: Callable[[int, Agent], WriteResult]  # (seq, the agent as stored) -> the answer
 
 
 def _vector_column(conn: Connection, space_id: int, cap_ids: list[str], column: Any) -> dict[str, Any]:
