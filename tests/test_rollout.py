@@ -201,6 +201,8 @@ def test_shadow_traffic_is_compared_without_changing_answers(server: ServerThrea
         stats = admin.get_space("static").shadow
         assert stats.samples == len(TASKS) and stats.errors == 0
         assert 0.0 <= stats.overlap_at_k <= 1.0 and -1.0 <= stats.rank_correlation <= 1.0
+        # the candidate is searched deeply, so each served top 3 has places in its ranking: always defined
+        assert stats.rank_correlation_tasks == len(TASKS)
         with pytest.raises(CapregError) as refused:
             admin.set_shadow(OLD, 0.5)  # the serving space is not a candidate
         assert refused.value.code.name == "FAILED_PRECONDITION"
@@ -213,11 +215,14 @@ def test_compare_reports_overlap_correlation_and_accuracy(server: ServerThread, 
         tasks = [admin_pb2.CompareTask(text=task, expected=[name]) for task, name in zip(TASKS, SKILLS, strict=True)]
         same = admin.compare_spaces(admin_pb2.CompareSpacesRequest(old=OLD, new=OLD, tasks=tasks, k=3))
         assert same.overlap_at_k == pytest.approx(1.0) and same.rank_correlation == pytest.approx(1.0)
+        assert same.rank_correlation_tasks == len(TASKS)
         assert same.old_accuracy == same.new_accuracy and same.old_accuracy.top1 >= 5 / 6  # MiniLM knows these
         report = admin.compare_spaces(admin_pb2.CompareSpacesRequest(old=OLD, new="static", tasks=tasks, k=3))
         assert report.tasks == report.labelled == len(TASKS)
         assert 0.0 <= report.overlap_at_k <= 1.0 and 0.0 <= report.new_accuracy.top1 <= 1.0
         assert report.new_accuracy.top5 >= report.new_accuracy.top1
+        # both spaces rank all six agents (searched 100 deep), so every task's correlation is defined
+        assert report.rank_correlation_tasks == len(TASKS) and -1.0 <= report.rank_correlation <= 1.0
     path = tmp_path / "tasks.csv"
     path.write_text("query,tool\n" + "".join(f"{task},{name}\n" for task, name in zip(TASKS, SKILLS, strict=True)))
     result = CliRunner().invoke(
@@ -225,6 +230,7 @@ def test_compare_reports_overlap_correlation_and_accuracy(server: ServerThread, 
     )
     assert result.exit_code == 0, result.output
     assert '"labelled": 6' in result.output and '"old_top1"' in result.output
+    assert '"rank_correlation_tasks": 6' in result.output
 
 
 @pytest.mark.parametrize(

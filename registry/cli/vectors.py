@@ -62,7 +62,10 @@ def list_(target: str, timeout: float, as_json: bool) -> None:
     for s in spaces:
         shadow = f"{s.shadow_fraction:.0%}" if s.shadow_fraction else ""
         if s.shadow.samples:
-            shadow += f" (n={s.shadow.samples}, overlap {s.shadow.overlap_at_k:.2f})"
+            shadow += f" (n={s.shadow.samples}, overlap {s.shadow.overlap_at_k:.2f}"
+            if s.shadow.rank_correlation_tasks:
+                shadow += f", rho {s.shadow.rank_correlation:.2f} over {s.shadow.rank_correlation_tasks}"
+            shadow += ")"
         table.add_row(
             s.name,
             state_name(s.state),
@@ -222,7 +225,8 @@ def compare(
         "labelled": labelled,
         "k": k,
         "overlap_at_k": mean("overlap_at_k", "tasks"),
-        "rank_correlation": mean("rank_correlation", "tasks"),
+        "rank_correlation": mean("rank_correlation", "rank_correlation_tasks"),
+        "rank_correlation_tasks": sum(r.rank_correlation_tasks for r in reports),
         "old_top1": mean("old_accuracy.top1", "labelled"),
         "old_top5": mean("old_accuracy.top5", "labelled"),
         "new_top1": mean("new_accuracy.top1", "labelled"),
@@ -236,7 +240,11 @@ def compare(
     table.add_column(old, justify="right")
     table.add_column(new, justify="right")
     table.add_row(f"overlap@{k}", f"{summary['overlap_at_k']:.3f}", "")
-    table.add_row("rank correlation (Spearman)", f"{summary['rank_correlation']:.3f}", "")
+    table.add_row(
+        f"rank correlation (one-sided Spearman, {summary['rank_correlation_tasks']} tasks)",
+        f"{summary['rank_correlation']:.3f}",
+        "",
+    )
     if labelled:
         table.add_row(
             f"top-1 accuracy ({labelled} labelled)", f"{summary['old_top1']:.3f}", f"{summary['new_top1']:.3f}"

@@ -19,7 +19,7 @@ from registry.embedding.models import UnknownModel
 from registry.embedding.sentence import WeightsMismatch
 from registry.embedding.template import check_template, render, text_hash
 from registry.service.calls import settle as settle_within_call
-from registry.service.compare import Comparison
+from registry.service.compare import DEPTH, Comparison
 from registry.service.discovery_service import DiscoveryService
 from registry.service.follower import ChangeFollower
 from registry.service.serving import Spaces
@@ -255,13 +255,14 @@ class AdminService:
         if len(tasks) > MAX_COMPARE_TASKS:
             raise InvalidArgument("tasks", f"at most {MAX_COMPARE_TASKS} tasks in one comparison")
         comparison = Comparison(k=k)
+        depth = min(DEPTH, v.MAX_TOP_K)  # deep lists for the rank correlation; overlap and accuracy cut them
         for i, task in enumerate(tasks):
             v.check_text(task.text, f"tasks[{i}].text", v.MAX_QUERY_TEXT, required=True)
             for j, name in enumerate(task.expected):
                 v.check_text(name, f"tasks[{i}].expected[{j}]", 128, required=True)
             answers = []
             for space in (old, new):
-                query = DiscoverQuery(tenant=tenant, text=task.text, top_k=max(k, 5), vector_space=space)
+                query = DiscoverQuery(tenant=tenant, text=task.text, top_k=depth, vector_space=space)
                 result = await self._discovery.discover(query)
                 answers.append([m.agent_name for m in result.matches])
             comparison.add(answers[0], answers[1], task.expected)

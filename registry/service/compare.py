@@ -15,18 +15,32 @@ def overlap_at_k(old: Sequence[str], new: Sequence[str], k: int) -> float:
     return len(set(old[:k]) & set(new[:k])) / k
 
 
-def rank_correlation(old: Sequence[str], new: Sequence[str], k: int) -> float:
-    """Spearman's rho over the union of both top-k lists, an item missing from a list ranked k+1 there.
-    1.0: same order; about 0: unrelated; -1.0: reversed. Two empty lists agree (1.0)."""
-    items = list(dict.fromkeys([*old[:k], *new[:k]]))
-    n = len(items)
-    if n < 2:
-        return 1.0
-    old_rank = {item: i for i, item in enumerate(old[:k])}
-    new_rank = {item: i for i, item in enumerate(new[:k])}
-    a = [old_rank.get(item, k) for item in items]
-    b = [new_rank.get(item, k) for item in items]
-    return _pearson(_ranks(a), _ranks(b))
+DEPTH = 100  # how deep each space is searched, so a top-k item's place in the other space is known
+
+
+def one_sided_correlation(top: Sequence[str], other: Sequence[str]) -> float | None:
+    """Spearman's rho between the order of `top` (one space's top-k) and where `other` (the other
+    space's deeper ranked list) puts those items; an item beyond `other` ranks tied last. The k items
+    are chosen by one space only, so unrelated spaces give about 0. None when it is undefined: fewer
+    than 2 items, or the other space puts them all in one place (all beyond its depth, say)."""
+    top = list(dict.fromkeys(top))
+    position: dict[str, int] = {}
+    for i, item in enumerate(other):
+        position.setdefault(item, i)
+    theirs = [position.get(item, len(other)) for item in top]
+    if len(top) < 2 or len(set(theirs)) < 2:
+        return None
+    return _pearson(_ranks(list(range(len(top)))), _ranks(theirs))
+
+
+def rank_correlation(old: Sequence[str], new: Sequence[str], k: int) -> float | None:
+    """The symmetrised one-sided Spearman: old's top-k ranked by their places in new's list, and new's
+    top-k by their places in old's, averaged over the sides that are defined. 1.0: the same order;
+    about 0: unrelated; -1.0: reversed. None when neither side is defined (then it says nothing about
+    order, and a comparison does not count the task). Pass lists deeper than k (DEPTH) so that an
+    item one space ranks in its top k has a real place in the other."""
+    sides = [r for r in (one_sided_correlation(old[:k], new), one_sided_correlation(new[:k], old)) if r is not None]
+    return sum(sides) / len(sides) if sides else None
 
 
 def _ranks(values: list[int]) -> list[float]:
@@ -50,9 +64,7 @@ def _pearson(a: list[float], b: list[float]) -> float:
     cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b, strict=True))
     var_a = sum((x - mean_a) ** 2 for x in a)
     var_b = sum((y - mean_b) ** 2 for y in b)
-    if var_a == 0 or var_b == 0:
-        return 1.0 if var_a == var_b else 0.0
-    return float(cov / (var_a * var_b) ** 0.5)
+    return float(cov / (var_a * var_b) ** 0.5)  # callers pass lists that vary
 
 
 @dataclass
@@ -63,15 +75,20 @@ class Comparison:
     tasks: int = 0
     overlap_sum: float = 0.0
     correlation_sum: float = 0.0
+    correlation_tasks: int = 0  # tasks whose rank correlation is defined; only these count in its mean
     labelled: int = 0
     hits: dict[str, dict[int, int]] = field(default_factory=lambda: {"old": {1: 0, 5: 0}, "new": {1: 0, 5: 0}})
 
     def add(self, old: Sequence[str], new: Sequence[str], expected: Sequence[str] = (), k: int = 0) -> None:
-        """One task's two ranked answers; `k` overrides the comparison's (a shadowed Discover's top_k)."""
+        """One task's two ranked answers, each as deep as it goes (DEPTH for a comparison; overlap uses
+        the top k); `k` overrides the comparison's (a shadowed Discover's top_k)."""
         k = k or self.k
         self.tasks += 1
         self.overlap_sum += overlap_at_k(old, new, k)
-        self.correlation_sum += rank_correlation(old, new, k)
+        rho = rank_correlation(old, new, k)
+        if rho is not None:
+            self.correlation_sum += rho
+            self.correlation_tasks += 1
         if expected:
             self.labelled += 1
             wanted = set(expected)
@@ -86,7 +103,8 @@ class Comparison:
 
     @property
     def correlation(self) -> float:
-        return self.correlation_sum / self.tasks if self.tasks else 0.0
+        """Mean over the tasks where it is defined (`correlation_tasks`); 0.0 when there are none."""
+        return self.correlation_sum / self.correlation_tasks if self.correlation_tasks else 0.0
 
     def accuracy(self, side: str, cut: int) -> float:
         return self.hits[side][cut] / self.labelled if self.labelled else 0.0

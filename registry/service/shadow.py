@@ -1,5 +1,7 @@
 """Shadow traffic: a configurable share of live text Discovers is also run against a candidate vector
 space, after the answer has gone, and the two answers are compared (overlap@k, rank correlation). The
+candidate is searched DEPTH deep, so the served top_k items have a place in its ranking; the served
+answer has only top_k, so the other side of the rank correlation counts when it is defined. The
 answers callers get never change; a shadow failure is logged and counted, never raised."""
 
 from __future__ import annotations
@@ -8,10 +10,11 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from registry.domain.models import DiscoverQuery, DiscoverResult
-from registry.service.compare import Comparison
+from registry.service.compare import DEPTH, Comparison
 from registry.service.serving import ServingSpace
 
 if TYPE_CHECKING:
@@ -49,7 +52,8 @@ class ShadowRecorder:
         try:
             assert query.text is not None
             vector = await live.batcher.embed(query.text)
-            shadow = self._discovery.search(live, query, vector, budget_left, {}, time.perf_counter())
+            deep = replace(query, top_k=max(query.top_k, DEPTH))
+            shadow = self._discovery.search(live, deep, vector, budget_left, {}, time.perf_counter())
             comparison = self.stats.setdefault(name, Comparison(k=query.top_k))
             comparison.add(
                 [m.capability.id for m in served.matches], [m.capability.id for m in shadow.matches], k=query.top_k

@@ -56,6 +56,7 @@ def space_to_proto(status: SpaceStatus) -> admin_pb2.Space:
             overlap_at_k=shadow.overlap if shadow else 0.0,
             rank_correlation=shadow.correlation if shadow else 0.0,
             errors=status.shadow_errors,
+            rank_correlation_tasks=shadow.correlation_tasks if shadow else 0,
         ),
     )
 
@@ -123,6 +124,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             k=k,
             overlap_at_k=c.overlap,
             rank_correlation=c.correlation,
+            rank_correlation_tasks=c.correlation_tasks,
             old_accuracy=admin_pb2.SpaceAccuracy(top1=c.accuracy("old", 1), top5=c.accuracy("old", 5)),
             new_accuracy=admin_pb2.SpaceAccuracy(top1=c.accuracy("new", 1), top5=c.accuracy("new", 5)),
         )

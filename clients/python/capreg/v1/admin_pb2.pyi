@@ -152,10 +152,18 @@ class ShadowStats(_message.Message):
     OVERLAP_AT_K_FIELD_NUMBER: _builtins.int
     RANK_CORRELATION_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    RANK_CORRELATION_TASKS_FIELD_NUMBER: _builtins.int
     samples: _builtins.int
     overlap_at_k: _builtins.float
     rank_correlation: _builtins.float
+    """As CompareSpacesResponse.rank_correlation: the served top_k ranked by
+    where the candidate (searched 100 deep) puts them, averaged with the
+    candidate's top_k ranked by where the served answer puts them when that
+    side is defined. Mean over rank_correlation_tasks samples.
+    """
     errors: _builtins.int
+    rank_correlation_tasks: _builtins.int
+    """samples where it is defined"""
     def __init__(
         self,
         *,
@@ -163,10 +171,11 @@ class ShadowStats(_message.Message):
         overlap_at_k: _builtins.float = ...,
         rank_correlation: _builtins.float = ...,
         errors: _builtins.int = ...,
+        rank_correlation_tasks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "overlap_at_k", b"overlap_at_k", "rank_correlation", b"rank_correlation", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "overlap_at_k", b"overlap_at_k", "rank_correlation", b"rank_correlation", "rank_correlation_tasks", b"rank_correlation_tasks", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,6 +419,7 @@ class CompareSpacesResponse(_message.Message):
     RANK_CORRELATION_FIELD_NUMBER: _builtins.int
     OLD_ACCURACY_FIELD_NUMBER: _builtins.int
     NEW_ACCURACY_FIELD_NUMBER: _builtins.int
+    RANK_CORRELATION_TASKS_FIELD_NUMBER: _builtins.int
     old: _builtins.str
     new: _builtins.str
     tasks: _builtins.int
@@ -418,7 +428,13 @@ class CompareSpacesResponse(_message.Message):
     overlap_at_k: _builtins.float
     """mean over tasks"""
     rank_correlation: _builtins.float
-    """mean Spearman's rho over tasks"""
+    """A one-sided, symmetrised Spearman's rho: each space's top k ranked by
+    its position in the other space's top 100 (items beyond it tied last),
+    the two sides averaged where defined. 1: same order; about 0: unrelated;
+    -1: reversed. Mean over the rank_correlation_tasks tasks where it is
+    defined (at least 2 items whose positions differ); 0 when none.
+    """
+    rank_correlation_tasks: _builtins.int
     @_builtins.property
     def old_accuracy(self) -> Global___SpaceAccuracy:
         """over labelled tasks"""
@@ -437,10 +453,11 @@ class CompareSpacesResponse(_message.Message):
         rank_correlation: _builtins.float = ...,
         old_accuracy: Global___SpaceAccuracy | None = ...,
         new_accuracy: Global___SpaceAccuracy | None = ...,
+        rank_correlation_tasks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["new_accuracy", b"new_accuracy", "old_accuracy", b"old_accuracy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "labelled", b"labelled", "new", b"new", "new_accuracy", b"new_accuracy", "old", b"old", "old_accuracy", b"old_accuracy", "overlap_at_k", b"overlap_at_k", "rank_correlation", b"rank_correlation", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "labelled", b"labelled", "new", b"new", "new_accuracy", b"new_accuracy", "old", b"old", "old_accuracy", b"old_accuracy", "overlap_at_k", b"overlap_at_k", "rank_correlation", b"rank_correlation", "rank_correlation_tasks", b"rank_correlation_tasks", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
