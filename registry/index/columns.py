@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,7 @@ KIND_CODES = {kind: i for i, kind in enumerate(AgentKind)}
 STATUS_CODES = {status: i for i, status in enumerate(AgentStatus)}
 VISIBILITY_CODES = {visibility: i for i, visibility in enumerate(Visibility)}
 # Postings: which rows carry each value of these set-valued attributes.
+MAX_CACHED_MASKS = 64  # per index: 64 boolean masks, 64 MB at a million rows
 POSTING_FIELDS = (
     "tag", "region", "input_mode", "output_mode", "label", "label_key", "capability_name", "agent_id", "shared_with"
 )  # fmt: skip
@@ -42,6 +43,13 @@ class AttributeColumns:
         # Sorted row arrays of postings, built on first use after a change: writes are rare, reads hot.
         self._posting_arrays: dict[tuple[str, str], npt.NDArray[np.int64]] = {}
         self._row_keys: dict[int, list[tuple[str, str]]] = {}
+        self._leased: set[int] = set()  # live rows with a finite lease: the only ones a lease check must read
+        # Masks that depend only on the rows (not on the clock or the request), reused until the next write:
+        # a Discover's constraint mask then costs a few numpy ANDs instead of rebuilding each part over every
+        # row. `version` counts writes; entries of an older version are rebuilt on use.
+        self.version = 0
+        self._masks: dict[tuple[object, ...], tuple[int, int, Mask]] = {}
+        self._leased_array: tuple[int, npt.NDArray[np.int64]] = (-1, np.zeros(0, dtype=np.int64))
         self.grow(capacity)
 
     def grow(self, capacity: int) -> None:
@@ -66,9 +74,10 @@ class AttributeColumns:
             new[: old.size] = old
             setattr(self, name, new)
         self.capacity = capacity
+        self.version += 1
 
     def set_row(self, row: int, entry: CatalogEntry) -> None:
-        self.clear_row(row)
+        self.clear_row(row)  # counts as the write that invalidates cached masks
         cap = entry.capability
         self.live[row] = True
         self.kind[row] = KIND_CODES[entry.kind]
@@ -92,9 +101,13 @@ class AttributeColumns:
             self.postings[field][value].add(row)
             self._posting_arrays.pop((field, value), None)
         self._row_keys[row] = keys
+        if np.isfinite(entry.lease_expires_at):
+            self._leased.add(row)
 
     def clear_row(self, row: int) -> None:
+        self.version += 1
         self.live[row] = False
+        self._leased.discard(row)
         for field, value in self._row_keys.pop(row, []):
             self._posting_arrays.pop((field, value), None)
             rows = self.postings[field][value]
@@ -112,26 +125,53 @@ class AttributeColumns:
             self._posting_arrays[key] = rows
         return rows
 
-    def rows_with(self, field: str, value: str, size: int) -> Mask:
-        mask = np.zeros(size, dtype=np.bool_)
-        mask[self.posting(field, value)] = True
+    def cached(self, key: tuple[object, ...], size: int, build: Callable[[], Mask]) -> Mask:
+        """`build()`, or the same mask built since the last write (read-only: callers combine, never edit)."""
+        hit = self._masks.get(key)
+        if hit is not None and hit[0] == self.version and hit[1] == size:
+            return hit[2]
+        mask = build()
+        mask.flags.writeable = False
+        if len(self._masks) >= MAX_CACHED_MASKS:
+            self._masks.clear()
+        self._masks[key] = (self.version, size, mask)
         return mask
 
+    def rows_with(self, field: str, value: str, size: int) -> Mask:
+        return self.any_of(field, (value,), size)
+
     def any_of(self, field: str, values: Iterable[str], size: int) -> Mask:
-        mask = np.zeros(size, dtype=np.bool_)
-        for value in values:
-            mask[self.posting(field, value)] = True
-        return mask
+        wanted = tuple(sorted(set(values)))
+
+        def build() -> Mask:
+            mask = np.zeros(size, dtype=np.bool_)
+            for value in wanted:
+                mask[self.posting(field, value)] = True
+            return mask
+
+        return self.cached(("any_of", field, wanted), size, build)
+
+    def leased_rows(self) -> npt.NDArray[np.int64]:
+        """Rows with a finite lease (sorted), cached until the next write."""
+        if self._leased_array[0] != self.version:
+            rows = np.fromiter(sorted(self._leased), dtype=np.int64, count=len(self._leased))
+            self._leased_array = (self.version, rows)
+        return self._leased_array[1]
 
 
 def visible_to(columns: AttributeColumns, size: int, tenant: str) -> Mask:
     """Rows the tenant may see: its own, public ones, and those shared with it."""
-    own = columns.tenant[:size] == columns.tenant_codes.get(tenant, -1)
-    public = columns.visibility[:size] == VISIBILITY_CODES[Visibility.PUBLIC]
-    shared = columns.rows_with("shared_with", tenant, size)
-    shared &= columns.visibility[:size] == VISIBILITY_CODES[Visibility.SHARED]
-    visible: Mask = own | public | shared
-    return visible
+
+    def build() -> Mask:
+        own = columns.tenant[:size] == columns.tenant_codes.get(tenant, -1)
+        public = columns.visibility[:size] == VISIBILITY_CODES[Visibility.PUBLIC]
+        shared = columns.rows_with("shared_with", tenant, size) & (
+            columns.visibility[:size] == VISIBILITY_CODES[Visibility.SHARED]
+        )
+        visible: Mask = own | public | shared
+        return visible
+
+    return columns.cached(("visible", tenant), size, build)
 
 
 class MaskBuilder:
@@ -150,6 +190,14 @@ class MaskBuilder:
         if count < self._count:
             self.exclusions[reason] = self.exclusions.get(reason, 0) + self._count - count
         self._count = count
+
+    def exclude_rows(self, reason: str, rows: npt.NDArray[np.int64]) -> None:
+        """Exclude these rows: costs O(len(rows)), not O(size)."""
+        removed = int(np.count_nonzero(self.mask[rows]))
+        if removed:
+            self.mask[rows] = False
+            self.exclusions[reason] = self.exclusions.get(reason, 0) + removed
+            self._count -= removed
 
     @property
     def allowed(self) -> int:
@@ -173,16 +221,28 @@ def constraint_mask(
     apply("visibility", visible_to(columns, size, tenant))
     if policy_mask is not None:
         apply("policy", policy_mask)
-    apply("status", columns.status[:size] == STATUS_CODES[AgentStatus.ACTIVE])
-    apply("lease", columns.lease_expires[:size] > (time.time() if now is None else now))
+    apply(
+        "status", columns.cached(("active",), size, lambda: columns.status[:size] == STATUS_CODES[AgentStatus.ACTIVE])
+    )
+    leased = columns.leased_rows()
+    leased = leased[leased < size]
+    if leased.size:
+        builder.exclude_rows("lease", leased[columns.lease_expires[leased] <= (time.time() if now is None else now)])
     if filters.kinds:
-        apply("filter.kinds", np.isin(columns.kind[:size], [KIND_CODES[k] for k in filters.kinds]))
+        codes = sorted(KIND_CODES[k] for k in filters.kinds)
+        apply("filter.kinds", columns.cached(("kinds", *codes), size, lambda: np.isin(columns.kind[:size], codes)))
     for tag in filters.tags_all:
         apply("filter.tags_all", columns.rows_with("tag", tag, size))
     if filters.tags_any:
         apply("filter.tags_any", columns.any_of("tag", filters.tags_any, size))
     if filters.regions:
-        apply("filter.regions", columns.any_of("region", filters.regions, size) | columns.anywhere[:size])
+        regions = tuple(sorted(set(filters.regions)))
+        apply(
+            "filter.regions",
+            columns.cached(
+                ("regions", *regions), size, lambda: columns.any_of("region", regions, size) | columns.anywhere[:size]
+            ),
+        )
     for mode in filters.input_modes:
         apply("filter.input_modes", columns.rows_with("input_mode", mode, size))
     for mode in filters.output_modes:

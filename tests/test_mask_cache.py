@@ -1,0 +1,107 @@
+"""The constraint mask reuses parts built since the last write; it must always equal a mask built afresh."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registry.domain.models import (
+    AgentKind,
+    AgentStatus,
+    Capability,
+    CatalogEntry,
+    DiscoverFilters,
+    Visibility,
+)
+from registry.index.columns import AttributeColumns, constraint_mask
+
+ROWS = 12
+NOW = 1_000.0
+REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
+
+entries = st.builds(
+    lambda tenant, kind, status, visibility, shared, regions, lease: CatalogEntry(
+        capability=Capability(name="c", version="1.0.0", regions=tuple(regions)),
+        agent_id="a",
+        agent_name="a",
+        tenant=tenant,
+        kind=kind,
+        endpoint="",
+        labels={},
+        status=status,
+        visibility=visibility,
+        shared_with=(("b",) if shared and visibility is Visibility.SHARED else ()),
+        lease_expires_at=lease,
+    ),
+    st.sampled_from(["a", "b"]),
+    st.sampled_from(list(AgentKind)),
+    st.sampled_from(list(AgentStatus)),
+    st.sampled_from(list(Visibility)),
+    st.booleans(),
+    st.lists(st.sampled_from(REGIONS), max_size=2, unique=True),
+    st.sampled_from([float("inf"), NOW - 5, NOW + 5]),
+)
+filters = st.builds(
+    lambda kinds, regions: DiscoverFilters(kinds=tuple(kinds), regions=tuple(regions)),
+    st.lists(st.sampled_from(list(AgentKind)), max_size=2, unique=True),
+    st.lists(st.sampled_from(REGIONS), max_size=2, unique=True),
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.integers(0, ROWS - 1), entries),
+        st.tuples(st.just("clear"), st.integers(0, ROWS - 1), st.none()),
+        st.tuples(st.just("query"), st.sampled_from(["a", "b"]), filters),
+    ),
+    max_size=40,
+)
+
+
+def allowed(entry: CatalogEntry, tenant: str, filters: DiscoverFilters) -> bool:
+    """The rules, written out plainly: the reference the masks are checked against."""
+    visible = (
+        entry.tenant == tenant
+        or entry.visibility is Visibility.PUBLIC
+        or (entry.visibility is Visibility.SHARED and tenant in entry.shared_with)
+    )
+    regions = entry.capability.regions
+    return (
+        visible
+        and entry.status is AgentStatus.ACTIVE
+        and entry.lease_expires_at > NOW
+        and (not filters.kinds or entry.kind in filters.kinds)
+        and (not filters.regions or not regions or bool(set(regions) & set(filters.regions)))
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=steps)
+def test_the_cached_mask_equals_one_built_afresh_after_any_writes(steps: list[tuple[str, object, object]]) -> None:
+    columns = AttributeColumns(ROWS)
+    rows: dict[int, CatalogEntry] = {}
+    for op, key, value in steps:
+        if op == "set":
+            assert isinstance(key, int) and isinstance(value, CatalogEntry)
+            columns.set_row(key, value)
+            rows[key] = value
+        elif op == "clear":
+            assert isinstance(key, int)
+            columns.clear_row(key)
+            rows.pop(key, None)
+        else:
+            assert isinstance(key, str) and isinstance(value, DiscoverFilters)
+            fresh = AttributeColumns(ROWS)
+            for row, entry in rows.items():
+                fresh.set_row(row, entry)
+            for _ in range(2):  # the second call answers from the cache
+                mask, exclusions = constraint_mask(columns, ROWS, key, value, 0, 0, now=NOW)
+                expected, expected_exclusions = constraint_mask(fresh, ROWS, key, value, 0, 0, now=NOW)
+                assert np.array_equal(mask, expected)
+                assert exclusions == expected_exclusions
+            assert set(np.flatnonzero(mask)) == {r for r, e in rows.items() if allowed(e, key, value)}
+
+
+def test_cached_masks_are_read_only() -> None:
+    columns = AttributeColumns(4)
+    mask = columns.any_of("region", ["eu-west-1"], 4)
+    assert not mask.flags.writeable
