@@ -305,6 +305,51 @@ def test_a_promotion_reaches_another_server_through_the_change_log(
             time.sleep(0.01)
 
 
+def test_admin_writes_answer_with_tokens_that_another_server_reads_them_at(
+    pg_database: str, tmp_path: Path, embedder: SentenceTransformerEmbedder, models_dir: Path
+) -> None:
+    """Every rollout write answers with its change-log seq; Discover(min_seq=seq) on another server answers
+    after that change. The other server hears nothing else (no NOTIFY, no polling), so only the token
+    moves it."""
+    engine = support.migrated_engine(pg_database)
+    support.empty_tables(engine)
+    engine.dispose()
+    with (
+        running_server(tmp_path / "a", pg_database, embedder, models_dir=models_dir) as a,
+        running_server(tmp_path / "b", pg_database, embedder, models_dir=models_dir, change_poll_s=3600) as b,
+        CapregClient(a.target, timeout=120) as on_a,
+        CapregClient(b.target, timeout=60) as on_b,
+    ):
+        assert b.app.listener is not None
+        b.app.listener.stop()  # from here b follows the log only when a min_seq asks it to
+        for name, description in SKILLS.items():
+            on_a.register_agent(make_agent(name, make_capability(name, description=description)))
+        created = on_a.create_space("static", STATIC, "{name}: {description}")
+        steps = list(on_a.backfill_space("static", batch_size=2))
+        tokens = [step.consistency_token for step in steps]
+        assert 0 < created.consistency_token < tokens[0] and tokens == sorted(tokens)
+        assert steps[-1].state == admin_pb2.SPACE_STATE_READY and tokens[-1] > tokens[-2]  # became ready
+        assert not on_b.get_space("static").live_here  # b has not followed the log by itself
+        pinned = on_b.discover(TASKS[0], space="static", top_k=len(SKILLS), min_seq=tokens[-1])
+        assert pinned.vector_space == "static" and len(pinned.matches) == len(SKILLS)  # every backfilled vector
+        promoted = on_a.promote_space("static")
+        assert promoted.consistency_token > tokens[-1]
+        assert on_b.discover(TASKS[0]).vector_space == OLD  # without the token b has not heard of it
+        assert on_b.discover(TASKS[0], min_seq=promoted.consistency_token).vector_space == "static"
+        rolled_back = on_a.rollback_space()
+        assert rolled_back.consistency_token > promoted.consistency_token
+        assert on_b.discover(TASKS[0], min_seq=rolled_back.consistency_token).vector_space == OLD
+        shadowed = on_a.set_shadow("static", 0.5)
+        assert b.app.spaces.get("static").space.shadow_fraction == 0.0
+        on_b.discover(TASKS[0], min_seq=shadowed.consistency_token)
+        assert b.app.spaces.get("static").space.shadow_fraction == 0.5
+        retired = on_a.retire_space("static")
+        assert on_b.get_space("static").live_here
+        on_b.discover(TASKS[0], min_seq=retired.consistency_token)
+        assert not on_b.get_space("static").live_here
+        assert on_a.get_space(OLD).consistency_token == 0  # reads carry none
+
+
 def test_a_model_that_fails_while_backfilling_marks_the_space_failed(server: ServerThread) -> None:
     with CapregClient(server.target, timeout=120) as admin:
         admin.create_space("doomed", STATIC, "{name}: {description}")

@@ -56,6 +56,7 @@ class SpaceStatus:
     indexed: int  # rows in that index
     shadow: Comparison | None
     shadow_errors: int
+    consistency_token: int = 0  # the change-log seq of the write that answers with it (0 for reads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class BackfillProgress:
     rate_per_s: float
     eta_s: float
     state: str  # the space's state after this batch
+    consistency_token: int = 0  # the change-log seq of this run's latest write (0: none yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,7 @@ class AdminService:
             ),
         )
         await self._settle(seq)  # this server loads its index before answering
-        return await self._status(space)
+        return await self._status(space, token=seq)
 
     async def list_spaces(self) -> list[SpaceStatus]:
         spaces = await asyncio.to_thread(self._space_store.list_spaces)
@@ -174,8 +176,9 @@ class AdminService:
         v.check_name(name, "name")
         return await self._status(await asyncio.to_thread(self._space_store.get, name))
 
-    async def _status(self, space: VectorSpace, names: dict[int, str] | None = None) -> SpaceStatus:
-        """With `names` (space id -> name) the previous serving space is named without another read."""
+    async def _status(self, space: VectorSpace, names: dict[int, str] | None = None, token: int = 0) -> SpaceStatus:
+        """With `names` (space id -> name) the previous serving space is named without another read; `token`:
+        the seq of the write this answers."""
         coverage = await asyncio.to_thread(self._space_store.coverage, space.id)
         if names is None:
             names = {s.id: s.name for s in await asyncio.to_thread(self._space_store.list_spaces)}
@@ -189,6 +192,7 @@ class AdminService:
             indexed=live.index.live_count if live is not None else 0,
             shadow=shadow.stats.get(space.name),
             shadow_errors=shadow.errors.get(space.name, 0),
+            consistency_token=token,
         )
 
     async def backfill(self, name: str, batch_size: int) -> AsyncIterator[BackfillProgress]:
@@ -205,7 +209,7 @@ class AdminService:
                 f"vector space {name!r} is {space.state}; only a building or ready space is filled"
             )
         total = (await asyncio.to_thread(self._space_store.coverage, space.id)).missing
-        started, done = time.monotonic(), 0
+        started, done, token = time.monotonic(), 0, 0
         while batch := await asyncio.to_thread(self._space_store.missing, space.id, batch_size):
             texts = [render(space.template, m.agent, m.capability) for m in batch]
             try:
@@ -224,16 +228,19 @@ class AdminService:
             seq = await asyncio.to_thread(self._space_store.put_vectors, space.id, rows)
             if seq:
                 await self._settle(seq)
+                token = seq
             done += len(batch)
             total = max(total, done)
             rate = done / max(time.monotonic() - started, 1e-9)
-            yield BackfillProgress(name, done, total, rate, (total - done) / rate if rate else 0.0, space.state)
+            eta = (total - done) / rate if rate else 0.0
+            yield BackfillProgress(name, done, total, rate, eta, space.state, token)
         became, seq = await asyncio.to_thread(self._space_store.mark_ready_if_complete, space.id)
         if became:
             await self._settle(seq)
+            token = seq
         state = (await asyncio.to_thread(self._space_store.get, name)).state
         rate = done / max(time.monotonic() - started, 1e-9)
-        yield BackfillProgress(name, done, max(total, done), rate, 0.0, state)
+        yield BackfillProgress(name, done, max(total, done), rate, 0.0, state, token)
 
     async def compare(
         self, old: str, new: str, tasks: Sequence[CompareTask], k: int, tenant: str, recent: int
@@ -273,18 +280,18 @@ class AdminService:
         self._spaces.get(name)  # loaded here, so this server can switch the moment it commits
         space, seq = await asyncio.to_thread(self._space_store.promote, name)
         await self._settle(seq)
-        return await self._status(space)
+        return await self._status(space, token=seq)
 
     async def rollback(self) -> SpaceStatus:
         space, seq = await asyncio.to_thread(self._space_store.rollback)
         await self._settle(seq)
-        return await self._status(space)
+        return await self._status(space, token=seq)
 
     async def retire(self, name: str) -> SpaceStatus:
         v.check_name(name, "name")
         space, seq = await asyncio.to_thread(self._space_store.retire, name)
         await self._settle(seq)
-        return await self._status(space)
+        return await self._status(space, token=seq)
 
     async def set_shadow(self, name: str, fraction: float) -> SpaceStatus:
         v.check_name(name, "name")
@@ -292,4 +299,4 @@ class AdminService:
             raise InvalidArgument("fraction", "must be between 0 and 1")
         space, seq = await asyncio.to_thread(self._space_store.set_shadow, name, fraction)
         await self._settle(seq)
-        return await self._status(space)
+        return await self._status(space, token=seq)

@@ -58,6 +58,7 @@ def space_to_proto(status: SpaceStatus) -> admin_pb2.Space:
             errors=status.shadow_errors,
             rank_correlation_tasks=shadow.correlation_tasks if shadow else 0,
         ),
+        consistency_token=status.consistency_token,
     )
 
 
@@ -105,6 +106,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 rate_per_s=progress.rate_per_s,
                 eta_s=progress.eta_s,
                 state=STATE_TO_PROTO[SpaceState(progress.state)],
+                consistency_token=progress.consistency_token,
             )
 
     async def CompareSpaces(

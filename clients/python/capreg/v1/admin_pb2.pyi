@@ -78,6 +78,7 @@ class Space(_message.Message):
     LIVE_HERE_FIELD_NUMBER: _builtins.int
     INDEXED_HERE_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     model: _builtins.str
     model_revision: _builtins.str
@@ -97,6 +98,12 @@ class Space(_message.Message):
     """the answering server holds an index of it"""
     indexed_here: _builtins.int
     """rows in that index"""
+    consistency_token: _builtins.int
+    """In answers to CreateSpace, SetShadow, PromoteSpace, RollbackSpace and
+    RetireSpace: the change-log sequence number of that write. Send it as
+    Discover's min_seq to any server to be answered after the change (0 in
+    GetSpace and ListSpaces).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -135,10 +142,11 @@ class Space(_message.Message):
         live_here: _builtins.bool = ...,
         indexed_here: _builtins.int = ...,
         shadow: Global___ShadowStats | None = ...,
+        consistency_token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "fail_time", b"fail_time", "ready_time", b"ready_time", "retire_time", b"retire_time", "serving_time", b"serving_time", "shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities_embedded", b"capabilities_embedded", "capabilities_total", b"capabilities_total", "create_time", b"create_time", "dim", b"dim", "error", b"error", "fail_time", b"fail_time", "indexed_here", b"indexed_here", "live_here", b"live_here", "metric", b"metric", "model", b"model", "model_revision", b"model_revision", "name", b"name", "previous_serving", b"previous_serving", "ready_time", b"ready_time", "retire_time", b"retire_time", "serving_time", b"serving_time", "shadow", b"shadow", "shadow_fraction", b"shadow_fraction", "state", b"state", "template", b"template", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities_embedded", b"capabilities_embedded", "capabilities_total", b"capabilities_total", "consistency_token", b"consistency_token", "create_time", b"create_time", "dim", b"dim", "error", b"error", "fail_time", b"fail_time", "indexed_here", b"indexed_here", "live_here", b"live_here", "metric", b"metric", "model", b"model", "model_revision", b"model_revision", "name", b"name", "previous_serving", b"previous_serving", "ready_time", b"ready_time", "retire_time", b"retire_time", "serving_time", b"serving_time", "shadow", b"shadow", "shadow_fraction", b"shadow_fraction", "state", b"state", "template", b"template", "weights_sha256", b"weights_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +303,7 @@ class BackfillProgress(_message.Message):
     RATE_PER_S_FIELD_NUMBER: _builtins.int
     ETA_S_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     space: _builtins.str
     done: _builtins.int
     """embedded by this call"""
@@ -303,6 +312,10 @@ class BackfillProgress(_message.Message):
     rate_per_s: _builtins.float
     eta_s: _builtins.float
     state: Global___SpaceState.ValueType
+    consistency_token: _builtins.int
+    """The change-log sequence number of this call's latest write so far (its
+    vectors, or the space becoming READY); 0 while it has written nothing.
+    """
     def __init__(
         self,
         *,
@@ -312,10 +325,11 @@ class BackfillProgress(_message.Message):
         rate_per_s: _builtins.float = ...,
         eta_s: _builtins.float = ...,
         state: Global___SpaceState.ValueType = ...,
+        consistency_token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "eta_s", b"eta_s", "rate_per_s", b"rate_per_s", "space", b"space", "state", b"state", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "done", b"done", "eta_s", b"eta_s", "rate_per_s", b"rate_per_s", "space", b"space", "state", b"state", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
