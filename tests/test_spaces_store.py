@@ -4,13 +4,15 @@ promote, roll back, retire, shadow; every refusal changes nothing."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from registry.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from registry.domain.models import Agent, AgentKind, Capability, SpaceState, VectorSpace
 from registry.embedding.template import text_hash
+from registry.store import tables as t
 from registry.store.repository import RegistryStore
 from registry.store.spaces import SpaceStore
 from tests.support import empty_tables
@@ -111,6 +113,26 @@ def test_a_capability_added_while_building_blocks_promotion_until_it_is_embedded
     assert spaces.get(SPACE.name).state == SpaceState.SERVING  # the refusal changed nothing
     assert backfill_all(spaces, candidate.id) == 1
     assert spaces.promote("candidate")[0].state == SpaceState.SERVING
+
+
+def test_a_capability_changed_after_it_was_read_for_backfill_is_embedded_from_its_new_text(
+    stores: tuple[RegistryStore, SpaceStore, int], engine: Engine
+) -> None:
+    registry, spaces, serving_id = stores
+    register(registry, agent("a", "x"), serving_id)
+    candidate, _ = spaces.create(NEW)
+    [read] = spaces.missing(candidate.id, 10)
+    old_text = read.capability.description
+    changed = Capability(name="x", version="1.0.0", description="a does x, now in French too")
+    register(registry, replace(agent("a"), capabilities=(changed,)), serving_id)  # e.g. on another replica
+    assert spaces.put_vectors(candidate.id, [(read, text_hash(old_text), vector_for(old_text))]) == 0
+    assert spaces.coverage(candidate.id).missing == 1  # the stale vector was not stored
+    assert backfill_all(spaces, candidate.id) == 1  # the next batch reads and embeds the current text
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(t.capability_vectors.c.text_sha256).where(t.capability_vectors.c.space_id == candidate.id)
+        ).scalar_one()
+    assert stored == text_hash(changed.description) != text_hash(old_text)
 
 
 def test_shadow_is_for_candidates_only_and_unknown_names_are_not_found(

@@ -18,7 +18,7 @@ from registry.domain.models import Agent, Capability, SpaceState, VectorSpace
 from registry.store import changelog
 from registry.store import tables as t
 from registry.store.repository import now_utc
-from registry.store.rows import agent_from_row, capability_from_row, space_from_row
+from registry.store.rows import agent_from_row, capability_from_row, space_from_row, utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,9 @@ class SpaceStore:
     def put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> int:
         """Store backfilled vectors (capability, text hash, float32 bytes); one change per agent, so every
         follower adds them to its index of the space. Rows that gained a vector meanwhile (a concurrent
-        registration embeds into every live space) or lost their capability are skipped."""
+        registration embeds into every live space), lost their capability, or whose capability (or agent,
+        if the template shows agent fields) changed since `missing()` read it are skipped: they stay
+        missing, and the backfill's next batch embeds their current text."""
         now = now_utc()
         seq = 0
         with self.engine.begin() as conn:
@@ -132,11 +134,31 @@ class SpaceStore:
                     )
                 ).scalars()
             )
-            alive = set(conn.execute(select(t.capabilities.c.id).where(t.capabilities.c.id.in_(cap_ids))).scalars())
+            # What each capability (and its agent, when the template names an agent field) looks like now:
+            # one changed since missing() read it was embedded from old text, so it is skipped and stays
+            # missing, and the next batch embeds its current text.
+            current = {
+                row.id: (row.cap_updated, row.agent_updated)
+                for row in conn.execute(
+                    select(
+                        t.capabilities.c.id,
+                        t.capabilities.c.updated_at.label("cap_updated"),
+                        t.agents.c.updated_at.label("agent_updated"),
+                    )
+                    .join(t.agents, t.agents.c.id == t.capabilities.c.agent_id)
+                    .where(t.capabilities.c.id.in_(cap_ids))
+                )
+            }
+            uses_agent = "{agent_" in space["template"]
             agents: dict[str, str] = {}
             for missing, text_hash, vector in rows:
                 cap_id = missing.capability.id
-                if cap_id in present or cap_id not in alive:
+                if cap_id in present or cap_id not in current:
+                    continue
+                cap_updated, agent_updated = (utc(v) for v in current[cap_id])
+                if cap_updated != missing.capability.updated_at or (
+                    uses_agent and agent_updated != missing.agent.updated_at
+                ):
                     continue
                 conn.execute(
                     insert(t.capability_vectors).values(
