@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +70,38 @@ class Telemetry:
         """Where an observable gauge reads its values at each collection."""
         self.gauges[name] = source
 
+    @property
+    def tracing(self) -> bool:
+        return not isinstance(self.tracer, trace.NoOpTracer)
+
+    @property
+    def enabled(self) -> bool:
+        """Traces or metrics go somewhere: with neither, the RPC wrapper is skipped altogether."""
+        return self.tracing or not isinstance(self.meter, metrics.NoOpMeter)
+
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[trace.Span]:
+        """A child span of whatever span is current (the RPC's), with these attributes. With tracing off,
+        a shared do-nothing span: OpenTelemetry's no-op tracer still swaps contexts (about 15 µs a span,
+        eight spans a Discover)."""
+        if not self.tracing:
+            return _NO_SPAN
+        return self._span(name, attributes)
+
     @contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator[trace.Span]:
-        """A child span of whatever span is current (the RPC's), with these attributes."""
+    def _span(self, name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
         with self.tracer.start_as_current_span(name, attributes=_clean(attributes)) as span:
             yield span
+
+
+class _NoSpan(AbstractContextManager[trace.Span]):
+    def __enter__(self) -> trace.Span:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
 
 
 def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +132,8 @@ def uninstall(telemetry: Telemetry) -> None:
 
 def annotate_call(**attributes: Any) -> None:
     """Attributes on the span of the RPC being served (nothing when telemetry is off)."""
-    trace.get_current_span().set_attributes(_clean(attributes))
+    if current().tracing:
+        trace.get_current_span().set_attributes(_clean(attributes))
 
 
 def record_batch(model: str, texts: int, started: float) -> None:

@@ -204,3 +204,17 @@ def test_json_logs_carry_the_trace_and_hide_secrets() -> None:
     assert entry["level"] == "WARNING"
     assert redact("postgresql://u:p@h/d") == "postgresql://u:***@h/d"
     assert trace.get_current_span() is trace.INVALID_SPAN or not trace.get_current_span().is_recording()
+
+
+def test_with_telemetry_off_spans_swap_no_context_and_rpcs_are_not_wrapped() -> None:
+    """Off is the default; then a span is one shared object and the current span never changes, and the
+    RPC interceptor hands the handler back untouched (no per-call wrapper)."""
+    from opentelemetry import trace as otel_trace
+
+    from registry.telemetry import NOOP
+
+    assert not NOOP.tracing and not NOOP.enabled
+    with NOOP.span("search", **{"capreg.k": 10}) as span:
+        assert span is otel_trace.INVALID_SPAN
+        assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
+    assert NOOP.span("a") is NOOP.span("b")

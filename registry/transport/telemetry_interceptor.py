@@ -24,8 +24,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or not current().enabled:
+            return handler
         method = handler_call_details.method
         carrier = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
         service, _, name = method.lstrip("/").partition("/")
