@@ -158,3 +158,58 @@ def test_health_says_not_serving_until_the_index_has_caught_up(
 
 async def _make_event() -> asyncio.Event:
     return asyncio.Event()
+
+
+def test_polling_alone_brings_a_replica_a_change_whose_notify_it_never_heard(
+    pg_database: str, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    """B's LISTEN connection is gone (as when a NOTIFY is lost while it reconnects): the poll every
+    change_poll_s still brings it every change."""
+    engine = support.migrated_engine(pg_database)
+    support.empty_tables(engine)
+    engine.dispose()
+    with (
+        running_server(tmp_path / "a", pg_database, embedder, change_poll_s=3600) as a,
+        running_server(tmp_path / "b", pg_database, embedder, change_poll_s=0.2) as b,
+    ):
+        assert b.app.listener is not None
+        b.app.listener.stop()  # nothing wakes B now but its own poll
+        vector = support.unit(np.random.default_rng(8).standard_normal(DIM).astype(np.float32))
+        with CapregClient(a.target) as writer, CapregClient(b.target) as reader:
+            token = writer.register_agent(vector_agent("heard-by-polling", vector)).consistency_token
+            deadline = time.monotonic() + 10
+            while b.app.follower.position < token:
+                assert time.monotonic() < deadline, "polling never brought the change"
+                time.sleep(0.02)
+            assert top_names(reader, vector) == ["heard-by-polling"]
+
+
+def test_a_token_read_on_a_replica_that_cannot_catch_up_ends_at_its_deadline(
+    replicas: list[ServerThread],
+) -> None:
+    """B's follower is stuck (a gate holds every catch-up): a Discover with a token B has not applied
+    waits, ends with DEADLINE_EXCEEDED at the caller's deadline, and leaves B serving; once B moves, the
+    same read succeeds."""
+    a, b, _ = replicas
+    gate = b.run(_make_event())
+    catch_up = b.app.follower.catch_up
+
+    async def gated_catch_up(target: int = 0) -> int:
+        await gate.wait()
+        return await catch_up(target)
+
+    b.app.follower.catch_up = gated_catch_up  # type: ignore[method-assign]
+    vector = support.unit(np.random.default_rng(9).standard_normal(DIM).astype(np.float32))
+    try:
+        with CapregClient(a.target) as writer, CapregClient(b.target) as reader:
+            token = writer.register_agent(vector_agent("late", vector)).consistency_token
+            started = time.monotonic()
+            with pytest.raises(CapregError) as waited:
+                reader.discover(vector=vector.tolist(), tenant=TENANT, top_k=1, min_seq=token, timeout=0.5)
+            assert waited.value.code.name == "DEADLINE_EXCEEDED"
+            assert time.monotonic() - started < 5
+            assert reader.health()  # still serving what it has
+            b.loop.call_soon_threadsafe(gate.set)
+            assert top_names(reader, vector, min_seq=token) == ["late"]
+    finally:
+        b.loop.call_soon_threadsafe(gate.set)
