@@ -10,7 +10,7 @@ from capreg_client import CapregClient
 from sqlalchemy import select
 
 from bench.common import ServerProcess
-from registry.embedding.models import MINILM_NAME
+from registry.embedding.sentence import MINILM_NAME
 from registry.store import tables as t
 from registry.store.engine import make_engine, sqlite_url
 from tests.support import make_agent, make_capability
