@@ -160,3 +160,29 @@ def test_a_failed_space_can_be_retired(stores: tuple[RegistryStore, SpaceStore, 
     with pytest.raises(FailedPrecondition, match="failed"):
         spaces.put_vectors(candidate.id, [])
     assert spaces.retire("candidate")[0].state == SpaceState.RETIRED
+
+
+def test_a_text_changed_by_a_writer_unaware_of_a_new_space_leaves_no_stale_vector_there(
+    stores: tuple[RegistryStore, SpaceStore, int], engine: Engine
+) -> None:
+    """A process that has not yet read the space's creation registers into the serving space only. The new
+    space's vector of the old text is dropped in the same transaction: the capability is missing there again,
+    so promotion waits and the backfill embeds the current text. The serving space keeps its vector."""
+    registry, spaces, serving_id = stores
+    register(registry, agent("a", "x", "y"), serving_id)
+    candidate, _ = spaces.create(NEW)
+    assert backfill_all(spaces, candidate.id) == 2
+    assert spaces.mark_ready_if_complete(candidate.id)[0]
+    changed = Capability(name="x", version="1.0.0", description="a does x, now in French too")
+    unchanged = agent("a", "y").capabilities[0]
+    register(registry, replace(agent("a"), capabilities=(changed, unchanged)), serving_id)  # knows no candidate
+    assert spaces.coverage(candidate.id).missing == 1  # x only: y's text did not change
+    with pytest.raises(FailedPrecondition, match="lacks vectors"):
+        spaces.promote("candidate")
+    assert backfill_all(spaces, candidate.id) == 1
+    with engine.connect() as conn:
+        vectors = t.capability_vectors.c
+        stored = set(conn.execute(select(vectors.text_sha256).where(vectors.space_id == candidate.id)).scalars())
+        serving = set(conn.execute(select(vectors.text_sha256).where(vectors.space_id == serving_id)).scalars())
+    assert text_hash(changed.description) in stored and text_hash("a does x") not in stored
+    assert serving == stored  # the serving space got the new text from the write itself

@@ -31,6 +31,7 @@ from registry.domain.models import (
     CatalogChange,
     CatalogEntry,
     ListAgentsQuery,
+    SpaceState,
     VectorSpace,
     Visibility,
     WriteResult,
@@ -301,6 +302,7 @@ class RegistryStore:
             for sv in (primary, *more)
         }
         new_vectors: dict[str, npt.NDArray[np.float32]] = {}
+        retexted: list[str] = []  # capabilities whose rendered text may have changed in any template
         caps_changed = bool(removed)
         other_vectors_changed = False  # only another live space gained a vector: no new generation
         for i, (cap, text_hash) in enumerate(zip(agent.capabilities, text_hashes, strict=True)):
@@ -321,6 +323,9 @@ class RegistryStore:
                         .values(updated_at=now, **capability_values(cap))
                     )
                     caps_changed = True
+                    retexted.append(cap_id)
+                elif row is not None and (row["description"] != agent.description):
+                    retexted.append(cap_id)  # a template may show the agent's description
             if stored_hashes[space_id].get(cap_id) != text_hash:
                 exists = cap_id in stored_hashes[space_id]
                 self._put_vector(conn, cap_id, space_id, text_hash, vectors[text_hash], now, exists)
@@ -332,6 +337,8 @@ class RegistryStore:
                     exists = cap_id in stored_hashes[other.space_id]
                     self._put_vector(conn, cap_id, other.space_id, other_hash, other.vectors[other_hash], now, exists)
                     other_vectors_changed = True
+        if retexted:
+            _forget_vectors_elsewhere(conn, retexted, {primary.space_id, *(o.space_id for o in more)})
         if removed:
             conn.execute(delete(t.capabilities).where(t.capabilities.c.id.in_(removed)))
         if document is not None:
@@ -661,6 +668,22 @@ def _vector_column(conn: Connection, space_id: int, cap_ids: list[str], column: 
     vectors = t.capability_vectors.c
     stmt = select(vectors.capability_id, column).where(vectors.space_id == space_id, vectors.capability_id.in_(cap_ids))
     return dict(conn.execute(stmt).all())
+
+
+def _forget_vectors_elsewhere(conn: Connection, cap_ids: list[str], embedded_into: set[int]) -> None:
+    """Drop these capabilities' vectors in building or ready spaces this write did not embed into (a space
+    created after the writing process last read the change log): they may be of the old text. They become
+    missing, so a backfill embeds the current text and promotion waits for it, instead of a stale vector
+    counting as done. The serving space is never touched: the writer always embeds into the one it knows,
+    and a capability must not vanish from answers."""
+    spaces = t.vector_spaces.c
+    elsewhere = select(spaces.id).where(
+        spaces.state.in_([SpaceState.BUILDING.value, SpaceState.READY.value]), spaces.id.not_in(embedded_into)
+    )
+    vectors = t.capability_vectors.c
+    conn.execute(
+        delete(t.capability_vectors).where(vectors.capability_id.in_(cap_ids), vectors.space_id.in_(elsewhere))
+    )
 
 
 def _lease_ms(ttl_s: float | None, stored_ms: int) -> int:
