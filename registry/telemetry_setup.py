@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -66,9 +67,10 @@ def build_telemetry(
         for stop in stops:
             stop()
 
-    telemetry = Telemetry(
-        tracer_provider.get_tracer(TRACER_NAME), meter_provider.get_meter(TRACER_NAME), shutdown=shutdown
-    )
+    # Without a span exporter, spans would be built for nothing: the no-op tracer still carries the caller's
+    # trace context (for the logs), and child spans cost nothing.
+    tracer = tracer_provider.get_tracer(TRACER_NAME) if exporter is not None else trace.NoOpTracer()
+    telemetry = Telemetry(tracer, meter_provider.get_meter(TRACER_NAME), shutdown=shutdown)
     return telemetry, metrics_port
 
 

@@ -843,6 +843,31 @@ def test_every_change_is_audited_with_who_what_and_when(
             with CapregClient(server.target, api_key=orchestrator) as orch:
                 assert _code(orch.list_audit) == DENIED
 
+            # A bulk registration is audited once per tenant it wrote into, each with its own agents.
+            admin.register_agents(
+                [
+                    make_agent("bulk-acme-1", tenant=ME),
+                    make_agent("bulk-globex", tenant=OTHER),
+                    make_agent("bulk-acme-2", tenant=ME),
+                ]
+            )
+            [acme_row] = [e for e in acme_op.list_audit() if e.action == "RegisterAgents"]
+            [globex_row] = [e for e in globex_op.list_audit() if e.action == "RegisterAgents"]
+            assert acme_row.entity_id == "2 agents: bulk-acme-1, bulk-acme-2"
+            assert [a["name"] for a in json.loads(acme_row.details_json)["agents"]] == ["bulk-acme-1", "bulk-acme-2"]
+            assert globex_row.entity_id == "1 agents: bulk-globex" and "bulk-acme" not in globex_row.details_json
+            # A tenant's key cannot slip another tenant's agent into its batch; nothing of the batch is written.
+            writer = acme_op.create_key("bulk-writer", ["agent"]).token
+            with CapregClient(server.target, api_key=writer) as bot_client:
+                refused = _code(
+                    lambda: bot_client.register_agents(
+                        [make_agent("bulk-acme-3", tenant=ME), make_agent("bulk-intruder", tenant=OTHER)]
+                    )
+                )
+                assert refused == DENIED
+            stored = {a.name for tenant in (ME, OTHER) for a in admin.iter_agents(tenant=tenant)}
+            assert "bulk-acme-1" in stored and not {"bulk-acme-3", "bulk-intruder"} & stored
+
 
 # -- the command line -----------------------------------------------------------------------------------
 

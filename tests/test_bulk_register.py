@@ -168,6 +168,9 @@ def test_a_generation_conflict_aborts_the_batch_naming_the_agent(client: CapregC
     assert err.value.code == grpc.StatusCode.ABORTED
     assert "agents[1]" in str(err.value)
     assert names_of(client) == {"versioned"}
+    with pytest.raises(CapregError) as err:  # a batch of one names its agent the same way
+        client.register_agents(requests[1:])
+    assert err.value.code == grpc.StatusCode.ABORTED and "agents[0]" in str(err.value)
     requests[1].expected_generation = stored.generation
     answer = client.register_agents(requests)
     assert [r.agent.generation for r in answer.results] == [1, stored.generation + 1]

@@ -123,3 +123,22 @@ def test_concurrent_writers_with_late_commits_and_rollbacks_never_leave_a_follow
     assert sorted(seen) == sorted(committed), "the follower skipped a change that committed late"
     with log_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.change_log)).scalar_one() == len(committed)
+
+
+def test_a_bulk_append_returns_each_rows_own_seq_in_order(log_engine: Engine) -> None:
+    """append_many: one insert for many rows, each answered with its own seq, consecutive and in the given
+    order (a bulk registration answers each agent with its token)."""
+    from datetime import UTC, datetime
+
+    changes = [("bulk", "agent", f"agent-{i}", "create") for i in range(250)]
+    with log_engine.begin() as conn:
+        before = changelog.last_seq(conn)
+        seqs = changelog.append_many(conn, changes, datetime.now(UTC))
+    assert seqs == list(range(seqs[0], seqs[0] + 250)) and seqs[0] > before
+    with log_engine.connect() as conn:
+        rows = changelog.read_after(conn, before, 1000)
+    assert [(r.seq, r.entity_id) for r in rows if r.tenant == "bulk"] == [
+        (seq, f"agent-{i}") for i, seq in enumerate(seqs)
+    ]
+    with log_engine.begin() as conn:
+        assert changelog.append_many(conn, [], datetime.now(UTC)) == []

@@ -236,3 +236,26 @@ def test_import_export_and_watch_from_the_command_line(tmp_path: Path, embedder:
             reader.join(timeout=30)
             if watcher.stdout is not None:
                 watcher.stdout.close()
+
+
+def test_a_failed_batch_names_each_manifest_entry_and_says_what_may_have_been_written() -> None:
+    from types import SimpleNamespace
+
+    import grpc
+    from capreg_client import CapregError
+
+    from registry.cli.main import BatchFailed
+
+    batch = [SimpleNamespace(name=f"n{i}") for i in range(4)]
+    duplicate = CapregError(
+        grpc.StatusCode.INVALID_ARGUMENT, "agents[3].agent.name: 'n1' is also agents[1]; send each agent once"
+    )
+    message = str(BatchFailed(100, batch, duplicate, 100))
+    assert message.startswith("INVALID_ARGUMENT: manifest agent #104 (n3) name: 'n1' is also manifest agent #102 (n1);")
+    assert (
+        "Nothing of the batch holding manifest agents #101-#104 was written; 100 agents in other batches were"
+        in message
+    )
+    lost = CapregError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    message = str(BatchFailed(0, batch, lost, 0))
+    assert "may or may not have been written" in message and "Apply the manifest again" in message

@@ -51,7 +51,8 @@ steps = st.lists(
     st.one_of(
         st.tuples(st.just("set"), st.integers(0, ROWS - 1), entries),
         st.tuples(st.just("clear"), st.integers(0, ROWS - 1), st.none()),
-        st.tuples(st.just("query"), st.sampled_from(["a", "b"]), filters),
+        st.tuples(st.just("query"), st.tuples(st.sampled_from(["a", "b"]), st.integers(1, ROWS)), filters),
+        st.tuples(st.just("grow"), st.integers(1, 8), st.none()),
     ),
     max_size=40,
 )
@@ -88,17 +89,22 @@ def test_the_cached_mask_equals_one_built_afresh_after_any_writes(steps: list[tu
             assert isinstance(key, int)
             columns.clear_row(key)
             rows.pop(key, None)
+        elif op == "grow":
+            assert isinstance(key, int)
+            columns.grow(columns.capacity + key)
         else:
-            assert isinstance(key, str) and isinstance(value, DiscoverFilters)
+            assert isinstance(key, tuple) and isinstance(value, DiscoverFilters)
+            tenant, size = key  # a smaller size: an index whose newest rows are not searched yet
             fresh = AttributeColumns(ROWS)
             for row, entry in rows.items():
                 fresh.set_row(row, entry)
             for _ in range(2):  # the second call answers from the cache
-                mask, exclusions = constraint_mask(columns, ROWS, key, value, 0, 0, now=NOW)
-                expected, expected_exclusions = constraint_mask(fresh, ROWS, key, value, 0, 0, now=NOW)
+                mask, exclusions = constraint_mask(columns, size, tenant, value, 0, 0, now=NOW)
+                expected, expected_exclusions = constraint_mask(fresh, size, tenant, value, 0, 0, now=NOW)
                 assert np.array_equal(mask, expected)
                 assert exclusions == expected_exclusions
-            assert set(np.flatnonzero(mask)) == {r for r, e in rows.items() if allowed(e, key, value)}
+            wanted = {r for r, e in rows.items() if r < size and allowed(e, tenant, value)}
+            assert set(np.flatnonzero(mask)) == wanted
 
 
 def test_cached_masks_are_read_only() -> None:

@@ -213,3 +213,4 @@ def test_a_token_read_on_a_replica_that_cannot_catch_up_ends_at_its_deadline(
             assert top_names(reader, vector, min_seq=token) == ["late"]
     finally:
         b.loop.call_soon_threadsafe(gate.set)
+        b.app.follower.catch_up = catch_up  # type: ignore[method-assign]

@@ -218,3 +218,29 @@ def test_with_telemetry_off_spans_swap_no_context_and_rpcs_are_not_wrapped() -> 
         assert span is otel_trace.INVALID_SPAN
         assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
     assert NOOP.span("a") is NOOP.span("b")
+
+    import asyncio
+    from types import SimpleNamespace
+    from typing import cast
+
+    from registry.transport.telemetry_interceptor import TelemetryInterceptor
+
+    async def answer(request: object, context: object) -> object:
+        return request
+
+    handler: grpc.RpcMethodHandler[object, object] = grpc.unary_unary_rpc_method_handler(answer)
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler[object, object]:
+        return handler
+
+    def details(metadata: tuple[tuple[str, str], ...]) -> grpc.HandlerCallDetails:
+        call = SimpleNamespace(method="/capreg.v1.DiscoveryService/Discover", invocation_metadata=metadata)
+        return cast(grpc.HandlerCallDetails, call)
+
+    interceptor = TelemetryInterceptor()
+    plain = asyncio.run(interceptor.intercept_service(continuation, details(())))
+    assert plain is handler  # not wrapped
+    traced = asyncio.run(
+        interceptor.intercept_service(continuation, details((("traceparent", f"00-{'1' * 32}-{'2' * 16}-01"),)))
+    )
+    assert traced is not handler  # a caller's trace is carried into the logs even with telemetry off

@@ -108,14 +108,20 @@ def call(target: str, timeout: float, action: Callable[[CapregClient], Any]) -> 
         try:
             return action(client)
         except CapregError as error:
-            hint = ""
-            if error.code.name == "UNAVAILABLE":
-                hint = f" (is `capreg serve` running at {target}? start it, or pass --target)"
-            elif error.code.name == "UNAUTHENTICATED":
-                hint = (
-                    " (pass --api-key, set CAPREG_API_KEY, or point --api-key-file at a key file; the server"
-                    " writes its first operator key to operator.key in its data directory)"
-                )
             field = f" [field: {error.field}]" if error.field else ""
-            fail(f"{error.code.name}: {error.message}{field}{hint}")
+            fail(f"{error.code.name}: {error.message}{field}{hint_for(error.code.name, target)}")
     return None
+
+
+def hint_for(code: str, target: str) -> str:
+    """What to do next about a failure with this status code ("" when the message says it)."""
+    if code == "UNAVAILABLE":
+        return f" (is `capreg serve` running at {target}? start it, or pass --target)"
+    if code == "UNAUTHENTICATED":
+        return (
+            " (pass --api-key, set CAPREG_API_KEY, or point --api-key-file at a key file; the server"
+            " writes its first operator key to operator.key in its data directory)"
+        )
+    if code == "DEADLINE_EXCEEDED":
+        return " (pass a larger --timeout)"
+    return ""

@@ -29,7 +29,7 @@ from rich.progress import (
 
 from registry.cli import output
 from registry.cli.budgets import budgets
-from registry.cli.common import CONTEXT, call, client_options, fail, json_option
+from registry.cli.common import CONTEXT, call, client_options, fail, hint_for, json_option
 from registry.cli.interop import agents_export, agents_import
 from registry.cli.keys import audit, keys
 from registry.cli.models import models
@@ -314,9 +314,9 @@ def agents_apply(path: Path, batch_size: int, parallel: int, target: str, timeou
                 progress.update(task, advance=count, rate=f"{rate:.0f} agents/s")
 
             try:
-                return register_in_batches(client, manifest, batch_size, parallel, advanced)
+                return register_in_batches(client, manifest, batch_size, parallel, advanced, timeout)
             except BatchFailed as error:
-                fail(str(error))
+                fail(str(error) + hint_for(error.error.code.name, target))
 
     results = call(target, timeout, register_all)
     if as_json:
@@ -552,12 +552,22 @@ def discover(
 APPLY_LIST_AT_MOST = 50  # agents listed one per line by `agents apply`; larger manifests get the summary
 
 
+# Refusals: the server answered that the batch is wrong, so nothing of it was written.
+REFUSALS = {"INVALID_ARGUMENT", "ABORTED", "FAILED_PRECONDITION", "PERMISSION_DENIED", "NOT_FOUND", "ALREADY_EXISTS"}
+BATCH_TIMEOUT_S = 60.0  # at least, per batch: a hundred agents' texts take seconds to embed
+
+
 def register_in_batches(
-    client: CapregClient, agents: list[Any], batch_size: int, parallel: int, advanced: Callable[[int], None]
+    client: CapregClient,
+    agents: list[Any],
+    batch_size: int,
+    parallel: int,
+    advanced: Callable[[int], None],
+    timeout: float,
 ) -> list[Any]:
     """Register every agent through RegisterAgents, `parallel` batches in flight (the channel is
-    thread-safe); answers in manifest order. After a refused batch no further batch starts; the error
-    names the manifest entry at fault and how many agents the other batches wrote."""
+    thread-safe); answers in manifest order. After a failure (or Ctrl-C) no further batch starts; the
+    error names the manifest entry at fault and how many agents the other batches wrote."""
     batches = [agents[i : i + batch_size] for i in range(0, len(agents), batch_size)]
     stopped = threading.Event()
     written = 0
@@ -568,8 +578,8 @@ def register_in_batches(
         if stopped.is_set():
             return None
         try:
-            answer = client.register_agents(batch)
-        except CapregError:
+            answer = client.register_agents(batch, timeout=max(timeout, BATCH_TIMEOUT_S))
+        except BaseException:
             stopped.set()
             raise
         with lock:
@@ -577,14 +587,20 @@ def register_in_batches(
         advanced(len(batch))
         return list(answer.results)
 
+    failure: tuple[int, CapregError] | None = None
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="apply") as pool:
         futures = [pool.submit(register, batch) for batch in batches]
-        failure: tuple[int, CapregError] | None = None
-        for n, future in enumerate(futures):
-            try:
-                future.result()
-            except CapregError as refused:
-                failure = failure or (n, refused)
+        try:
+            for n, future in enumerate(futures):
+                try:
+                    future.result()
+                except CapregError as refused:
+                    failure = failure or (n, refused)
+        except BaseException:  # Ctrl-C, or a bug: start nothing more
+            stopped.set()
+            for future in futures:
+                future.cancel()
+            raise
     if failure is not None:
         first, cause = failure
         raise BatchFailed(first * batch_size, batches[first], cause, written)
@@ -592,22 +608,28 @@ def register_in_batches(
 
 
 class BatchFailed(Exception):
-    """A batch was refused. The message names the manifest entry at fault (the request's agents[i] is the
-    i-th of the batch) and says what was and was not written."""
+    """A batch failed. The message names the manifest entries the request's agents[i] paths point at, and
+    says what was written: nothing of a refused batch; maybe all of one whose answer was lost."""
 
     def __init__(self, start: int, batch: list[Any], error: CapregError, written: int):
         self.error = error
         text = f"{error.message} [field: {error.field}]" if error.field else error.message
-        pattern = r"agents\[(\d+)\]\.?(agent\.)?"
-        if (match := re.search(pattern, text)) and int(match.group(1)) < len(batch):
+
+        def entry(match: re.Match[str]) -> str:
             index = int(match.group(1))
-            entry = f"manifest agent #{start + index + 1} ({batch[index].name}) "
-            text = re.sub(pattern, lambda _: entry, text).replace(" :", ":")
-        super().__init__(
-            f"{error.code.name}: {text}\nNothing of the batch of {len(batch)} agents holding it was written; "
-            f"{written} agents in other batches were. Fix the manifest and apply it again (applying is "
-            "idempotent)."
-        )
+            if index >= len(batch):
+                return match.group(0)
+            return f"manifest agent #{start + index + 1} ({batch[index].name})" + (" " if match.group(2) else "")
+
+        text = re.sub(r"agents\[(\d+)\](\.(?:agent\.)?)?", entry, text)
+        span = f"manifest agents #{start + 1}-#{start + len(batch)}"
+        if error.code.name in REFUSALS:
+            outcome = f"Nothing of the batch holding {span} was written"
+            advice = "Fix the manifest and apply it again (applying is idempotent)."
+        else:
+            outcome = f"The batch holding {span} may or may not have been written"
+            advice = "Apply the manifest again: applying is idempotent."
+        super().__init__(f"{error.code.name}: {text}\n{outcome}; {written} agents in other batches were. {advice}")
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:

@@ -146,7 +146,8 @@ class AttributeColumns:
         def build() -> Mask:
             mask = np.zeros(size, dtype=np.bool_)
             for value in wanted:
-                mask[self.posting(field, value)] = True
+                rows = self.posting(field, value)  # sorted: rows at or past `size` are cut off cheaply
+                mask[rows[: np.searchsorted(rows, size)]] = True
             return mask
 
         return self.cached(("any_of", field, wanted), size, build)

@@ -86,7 +86,7 @@ class RegistryService:
             for i, (agent, generation) in enumerate(checked)
         ]
         with telemetry.span("database", **{"db.operation": "register agent", "capreg.agents": len(registrations)}):
-            results = await asyncio.to_thread(self._store.register_many, registrations)
+            results = await asyncio.to_thread(self._store.register_many, registrations, bulk=field is _in_batch)
         with telemetry.span("wait_for_index", **{"capreg.token": max(r.token for r in results)}):
             await self._settle(max(r.token for r in results))
         return results

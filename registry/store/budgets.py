@@ -26,16 +26,15 @@ Time comes from an injected clock, so tests move it instead of sleeping.
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from registry.domain.budget import (
     Budget,
@@ -55,14 +54,11 @@ from registry.domain.budget import (
 from registry.domain.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
 from registry.store import changelog
 from registry.store import tables as t
+from registry.store.retries import retry_deadlocks
 from registry.store.rows import utc as _aware
 
 log = logging.getLogger(__name__)
 CONFLICT_RETRIES = 3
-DEADLOCK_RETRIES = 5
-RETRYABLE_SQLSTATES = {"40P01", "40001"}  # PostgreSQL: deadlock detected, serialization failure
-P = ParamSpec("P")
-R = TypeVar("R")
 HELD = ReservationState.HELD.value
 PAST = {"commit": "committed", "release": "released"}
 
@@ -77,23 +73,6 @@ def utc(value: datetime) -> datetime:
 
 
 Clock = Callable[[], datetime]
-
-
-def retry_deadlocks(method: Callable[P, R]) -> Callable[P, R]:
-    """Run the whole transaction again when PostgreSQL chose it as a deadlock victim (it was rolled back)."""
-
-    @functools.wraps(method)
-    def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                return method(*args, **kwargs)
-            except OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == DEADLOCK_RETRIES - 1:
-                    raise
-                log.warning("budget transaction %s was a deadlock victim; retrying it", method.__name__)
-        raise AssertionError("unreachable")
-
-    return retrying
 
 
 class BudgetStore:

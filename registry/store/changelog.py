@@ -55,6 +55,28 @@ def append(conn: Connection, tenant: str, entity: str, entity_id: str, op: str, 
     return int(key[0])
 
 
+def append_many(conn: Connection, changes: Sequence[tuple[str, str, str, str]], now: datetime) -> list[int]:
+    """Log (tenant, entity, entity_id, op) changes in the caller's transaction, in order, with one lock, one
+    notification per entity and one multi-row insert: a bulk write holds the log's lock for one round trip
+    rather than three per row. Returns their seqs, in order."""
+    if not changes:
+        return []
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK_KEY})
+    for entity in dict.fromkeys(entity for _, entity, _, _ in changes):
+        notify(conn, entity)
+    rows = [
+        {"tenant_id": tenant, "entity": entity, "entity_id": entity_id, "op": op, "created_at": now}
+        for tenant, entity, entity_id, op in changes
+    ]
+    # Each row's own seq, in the order given (SQLAlchemy's insertmanyvalues keeps them paired).
+    returning = insert(t.change_log).returning(t.change_log.c.seq, sort_by_parameter_order=True)
+    seqs = [int(seq) for seq in conn.execute(returning, rows).scalars()]
+    if len(seqs) != len(rows):
+        raise AssertionError(f"the change log returned {len(seqs)} seqs for {len(rows)} rows")
+    return seqs
+
+
 def read_after(conn: Connection, after: int, limit: int, entity: str = "") -> Sequence[ChangeRow]:
     """Committed changes with seq > after (of one entity, when given), oldest first."""
     log = t.change_log.c

@@ -40,6 +40,7 @@ from registry.domain.validation import NAME_RE
 from registry.index.space_index import catalog_digest
 from registry.store import changelog
 from registry.store import tables as t
+from registry.store.retries import retry_deadlocks
 from registry.store.rows import agent_from_row, capability_from_row, capability_values, space_from_row, utc
 
 CONFLICT_RETRIES = 3
@@ -180,28 +181,31 @@ class RegistryStore:
         built, or ready for rollback), so nothing registered meanwhile is missing from it.
         """
         primary = SpaceVectors(space_id, text_hashes, vectors)
-        return self.register_many([Registration(agent, expected_generation, primary, more, document)])[0]
+        return self.register_many([Registration(agent, expected_generation, primary, more, document)], bulk=False)[0]
 
-    def register_many(self, registrations: Sequence[Registration]) -> list[WriteResult]:
+    def register_many(self, registrations: Sequence[Registration], *, bulk: bool = True) -> list[WriteResult]:
         """Register every agent in one transaction: all or none. Rows are locked in (tenant, name) order,
-        so two concurrent batches cannot deadlock, and the change-log rows are appended last, so the log's
-        lock is held only for those inserts and the commit. Answers in the given order."""
+        so two concurrent batches cannot deadlock on agents, and the change-log rows are appended last in
+        one insert, so the log's lock is held only for that and the commit. Answers in the given order.
+        `bulk`: errors name the agent as `agents[i]` (RegisterAgents), else as the request's one agent."""
         order = sorted(
             range(len(registrations)), key=lambda i: (registrations[i].agent.tenant, registrations[i].agent.name)
         )
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return self._register_all(registrations, order)
+                return self._register_all(registrations, order, bulk)
             except IntegrityError as exc:  # a concurrent first registration of the same tenant or name
                 if attempt == CONFLICT_RETRIES - 1:
                     names = ", ".join(f"{r.agent.tenant}/{r.agent.name}" for r in registrations[:3])
                     more = f" (and {len(registrations) - 3} more)" if len(registrations) > 3 else ""
-                    raise Conflict(f"agent {names}{more} is being registered concurrently") from exc
+                    raise Conflict(f"agent {names}{more} is being registered concurrently; retry") from exc
         raise AssertionError("unreachable")
 
-    def _register_all(self, registrations: Sequence[Registration], order: Sequence[int]) -> list[WriteResult]:
+    @retry_deadlocks  # e.g. against a backfill inserting vectors of the same capabilities
+    def _register_all(
+        self, registrations: Sequence[Registration], order: Sequence[int], bulk: bool
+    ) -> list[WriteResult]:
         now = now_utc()
-        many = len(registrations) > 1
         with self._begin() as conn:
             for tenant in sorted({r.agent.tenant for r in registrations}):
                 self._ensure_tenant(conn, tenant, now)
@@ -210,19 +214,15 @@ class RegistryStore:
                 try:
                     pending[i] = self._register_in(conn, registrations[i], now)
                 except (Conflict, NotFound) as exc:
-                    if many:
+                    if bulk:
                         raise type(exc)(f"agents[{i}]: {exc.message}") from exc
                     raise
             stored = self._load_agents(conn, [step.agent_id for step in pending.values()])
-            results: dict[int, WriteResult] = {}
-            observed = 0
-            for i in order:
-                step = pending[i]
-                if step.op:
-                    seq = self._log(conn, step.tenant, step.agent_id, step.op, now)
-                else:
-                    seq = observed = observed or changelog.last_seq(conn)
-                results[i] = step.finish(seq, stored[step.agent_id])
+            logged = [i for i in order if pending[i].op]
+            changes = [(pending[i].tenant, "agent", pending[i].agent_id, pending[i].op) for i in logged]
+            seqs = dict(zip(logged, changelog.append_many(conn, changes, now), strict=True))
+            observed = max(seqs.values()) if seqs else changelog.last_seq(conn)
+            results = {i: step.finish(seqs.get(i, observed), stored[step.agent_id]) for i, step in pending.items()}
         return [results[i] for i in range(len(registrations))]
 
     def _register_in(self, conn: Connection, registration: Registration, now: datetime) -> _Pending:

@@ -29,7 +29,7 @@ ROLES_HEADER = "x-capreg-roles"
 # they change.
 AUDITED: dict[str, tuple[str, str]] = {
     "/capreg.v1.RegistryService/RegisterAgent": ("agent", "agent.name"),
-    "/capreg.v1.RegistryService/RegisterAgents": ("agent", "agents"),  # summarised: see _audit_details
+    "/capreg.v1.RegistryService/RegisterAgents": ("agent", "agents"),  # a row per tenant: see _audit
     "/capreg.v1.RegistryService/UpdateAgentStatus": ("agent", "agent"),
     "/capreg.v1.RegistryService/DeregisterAgent": ("agent", "agent"),
     "/capreg.v1.RegistryService/ImportAgentCard": ("agent", "response.agent.name"),
@@ -98,30 +98,7 @@ def _describe(request: Message, path: str) -> str:
         value = getattr(value, part, "")
     if isinstance(value, Message):
         return "/".join(str(getattr(value, f)) for f in ("tenant", "name", "id") if getattr(value, f, ""))
-    if path == "agents" and isinstance(request, registry_pb2.RegisterAgentsRequest):
-        names = [item.agent.name for item in request.agents]
-        return f"{len(names)} agents: " + ", ".join(names)  # the audit row keeps the first 160 characters
     return str(value)
-
-
-def _audit_details(request: Message) -> dict[str, Any]:
-    """The request as JSON; a bulk registration as one short entry per agent (its whole request, vectors
-    included, could be megabytes)."""
-    if isinstance(request, registry_pb2.RegisterAgentsRequest):
-        return {
-            "agents": [
-                {
-                    "tenant": item.agent.tenant,
-                    "name": item.agent.name,
-                    "endpoint": item.agent.endpoint,
-                    "capabilities": [f"{cap.name}@{cap.version}" for cap in item.agent.capabilities],
-                    "expected_generation": item.expected_generation,
-                }
-                for item in request.agents
-            ]
-        }
-    details: dict[str, Any] = json_format.MessageToDict(request, preserving_proto_field_name=True)
-    return details
 
 
 def _tenant_of(message: Message) -> str:
@@ -236,8 +213,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         assert self._keys is not None
         entity, path = audited
+        action = method.rsplit("/", 2)[-1]
+        if isinstance(response, registry_pb2.RegisterAgentsResponse):
+            # One row per tenant the batch wrote into, so each tenant's operators see their own agents.
+            by_tenant: dict[str, list[registry_pb2.RegisterAgentResponse]] = {}
+            for result in response.results:
+                by_tenant.setdefault(result.agent.tenant, []).append(result)
+            for tenant, results in by_tenant.items():
+                names = [r.agent.name for r in results]
+                summary: dict[str, Any] = {"agents": [_agent_summary(r) for r in results]}
+                await self._write_audit(
+                    identity, tenant, action, entity, f"{len(names)} agents: {', '.join(names)}", summary
+                )
+            return
         try:
-            details = _audit_details(request)
+            details: dict[str, Any] = json_format.MessageToDict(request, preserving_proto_field_name=True)
         except json_format.Error:  # e.g. an out-of-range Timestamp in an output-only field, which was ignored
             details = {"request": text_format.MessageToString(request, as_one_line=True)[:MAX_AUDIT_TEXT]}
         for field in SECRET_FIELDS:
@@ -247,14 +237,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             # The tenant changed: the answer's (a change by id alone names none), else the request's.
             tenant = _tenant_of(response) or _tenant_of(request) or "default"
         source = response if path.startswith("response.") else request
+        await self._write_audit(
+            identity, tenant, action, entity, _describe(source, path.removeprefix("response.")), details
+        )
+
+    async def _write_audit(
+        self, identity: Identity, tenant: str, action: str, entity: str, entity_id: str, details: dict[str, Any]
+    ) -> None:
+        assert self._keys is not None
         try:
-            await self._keys.audit(
-                identity,
-                tenant,
-                method.rsplit("/", 2)[-1],
-                entity,
-                _describe(source, path.removeprefix("response.")),
-                details,
-            )
+            await self._keys.audit(identity, tenant, action, entity, entity_id, details)
         except Exception:  # the change is committed; losing its audit row is logged loudly, not hidden
-            log.exception("could not write the audit record of %s by %s", method, identity.actor)
+            log.exception("could not write the audit record of %s by %s", action, identity.actor)
+
+
+def _agent_summary(result: registry_pb2.RegisterAgentResponse) -> dict[str, Any]:
+    """What a bulk registration's audit keeps of each agent (the whole request, vectors included, could be
+    megabytes)."""
+    agent = result.agent
+    return {
+        "name": agent.name,
+        "id": agent.id,
+        "endpoint": agent.endpoint,
+        "capabilities": [f"{cap.name}@{cap.version}" for cap in agent.capabilities],
+        "generation": agent.generation,
+        "created": result.created,
+        "changed": result.changed,
+    }

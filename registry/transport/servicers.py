@@ -15,7 +15,7 @@ from registry.domain.errors import FailedPrecondition, InvalidArgument
 from registry.domain.models import AgentRef, DiscoverQuery, WriteResult
 from registry.service.discovery_service import DiscoveryService
 from registry.service.interop_service import ExportedDocument, ImportOptions, ImportResult, InteropService
-from registry.service.registry_service import RegistryService
+from registry.service.registry_service import MAX_BATCH_AGENTS, RegistryService
 from registry.service.watch import DiscoverWatches
 from registry.transport import convert
 from registry.transport.auth import current_identity, scoped_ref_tenant, scoped_tenant
@@ -73,6 +73,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def RegisterAgents(
         self, request: registry_pb2.RegisterAgentsRequest, context: Context
     ) -> registry_pb2.RegisterAgentsResponse:
+        if len(request.agents) > MAX_BATCH_AGENTS:  # before converting a thousand agents for nothing
+            raise InvalidArgument(
+                "agents", f"has {len(request.agents)} agents; send at most {MAX_BATCH_AGENTS} per call"
+            )
         pairs = []
         for i, item in enumerate(request.agents):
             agent = convert.agent_from_proto(item.agent, f"agents[{i}].agent")

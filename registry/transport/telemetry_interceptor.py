@@ -24,10 +24,12 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or not current().enabled:
-            return handler
-        method = handler_call_details.method
+        if handler is None:
+            return None
         carrier = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+        if not current().enabled and "traceparent" not in carrier:
+            return handler  # nothing to record, no caller trace for the logs to carry: no wrapper at all
+        method = handler_call_details.method
         service, _, name = method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
