@@ -68,6 +68,6 @@ class HnswGraph:
         if ef != self._ef:
             self._index.set_ef(ef)
             self._ef = ef
-        labels, distances = self._index.knn_query(vector, k=k)
+        labels, distances = self._index.knn_query(vector, k=k, num_threads=1)  # one query: no thread pool
         # hnswlib's "ip" distance is 1 - <a, b>.
         return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
