@@ -411,8 +411,21 @@ def why_not(measured: list[dict[str, Any]], n: int, config: Config, elapsed_s: f
     return None
 
 
+def revision() -> str:
+    """The commit measured, and whether the working tree differed from it (others edit it meanwhile)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], check=False, capture_output=True, text=True, cwd=common.REPO)
+        return result.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "registry")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in registry/" if dirty else "")
+
+
 def run(config: Config) -> dict[str, Any]:
     machine = common.machine()
+    machine["revision"] = revision()
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -458,7 +471,8 @@ def merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     merged = dict(summaries[0])
     results = {r["capabilities"]: r for s in summaries for r in s["results"]}
     merged["results"] = [results[n] for n in sorted(results)]
-    merged["skipped"] = [k for s in summaries for k in s["skipped"] if k["capabilities"] not in results]
+    measured = set(results) | {r["asked"] for r in results.values() if "asked" in r}
+    merged["skipped"] = [k for s in summaries for k in s["skipped"] if k["capabilities"] not in measured]
     merged["runs"] = [{"command": s["command"], "when": s["when"], "machine": s["machine"]} for s in summaries]
     merged["command"] = "\n".join(s["command"] for s in summaries)
     return merged
@@ -629,12 +643,21 @@ def markdown(summary: dict[str, Any], image: Path, docs: Path) -> str:
         )
 
     verdicts = "\n".join(verdict(r) for r in rows)
-    skipped = (
-        "\n".join(f"- **{s['capabilities']:,} not run:** {s['reason']}." for s in summary["skipped"])
-        or "- Every size asked for was run."
-    )
+    stopped = [
+        f"- **{r['asked']:,} asked:** the load stopped at {r['stopped_early']} with {r['capabilities']:,} loaded; "
+        "that column is measured there."
+        for r in rows
+        if "asked" in r
+    ]
+    not_run = [f"- **{s['capabilities']:,} not run:** {s['reason']}." for s in summary["skipped"]]
+    skipped = "\n".join(stopped + not_run) or "- Every size asked for was loaded in full."
     image_link = image.relative_to(docs.parent).as_posix()
     notes = summary.get("notes", "")
+    runs = "; ".join(
+        f"Run finished {r['when']} at {r['machine'].get('revision', '?')} "
+        f"(load average {r['machine']['loadavg_1m_at_start']} at start)"
+        for r in summary.get("runs", [{"when": summary["when"], "machine": m}])
+    )
     return f"""{START_MARK}
 ## Discover by vector from {rows[0]["capabilities"]:,} to {largest["capabilities"]:,} capabilities
 
@@ -681,7 +704,7 @@ How it was measured:
 
 Machine: {m["cpu"]}, {m["cores"]} cores, {m["os"]}, Python {m["python"]}, grpcio {m["grpcio"]}, numpy
 {m["numpy"]}; 1-minute load average {m["loadavg_1m_at_start"]} at start (other work shares this machine).
-Run {summary["when"]}. Command:
+{runs}. Command:
 
 ```
 {summary["command"]}
@@ -761,6 +784,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace
 def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse(argv)
     summary = merge([json.loads(p.read_text()) for p in args.from_summary]) if args.from_summary else run(config)
+    if args.from_summary:  # the runs' commands, then this one, which wrote the docs from their JSON
+        summary["command"] += "\n" + shlex.join(["python", "bench/scale.py", *sys.argv[1:]])
     if args.notes:
         summary["notes"] = args.notes.read_text().strip()
     if not args.no_docs and (args.docs is not None or not config.smoke) and summary["results"]:
