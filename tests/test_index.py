@@ -247,3 +247,35 @@ def test_exact_top_k_equals_sorting_every_allowed_row(
     expected = sorted(scores, key=lambda r: (-scores[r], r))[:k]
     assert got_rows.tolist() == expected
     assert np.allclose(got_scores, [scores[r] for r in expected], atol=1e-5)
+
+
+def test_a_graph_batch_gives_the_same_index_as_inserting_one_row_at_a_time() -> None:
+    """The follower inserts a batch's new vectors into HNSW in one call: adds, moves, removals and rows
+    reused after a removal, all inside one batch, must leave an index that finds exactly what the
+    row-at-a-time one finds."""
+    rng = np.random.default_rng(11)
+    planner = PlannerParams(exact_always_rows=0, exact_max_rows=0)  # HNSW always: the graph is what is tested
+    one_at_a_time = SpaceIndex(32, HnswParams(initial_capacity=8), planner)
+    batched = SpaceIndex(32, HnswParams(initial_capacity=8), planner)
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    changes = [CatalogChange(seq=1, upserts=tuple(entry(rng.standard_normal(32), cap_id=i) for i in ids[:200]))]
+    changes.append(CatalogChange(seq=2, removed=tuple(ids[:50])))
+    changes.append(CatalogChange(seq=3, upserts=tuple(entry(rng.standard_normal(32), cap_id=i) for i in ids[200:])))
+    changes.append(CatalogChange(seq=4, upserts=tuple(entry(rng.standard_normal(32), cap_id=i) for i in ids[60:90])))
+    for change in changes:
+        one_at_a_time.apply(change)
+    with batched.graph_batch():
+        for change in changes:
+            batched.apply(change)
+        assert batched.graph._index.get_current_count() == 0  # nothing reached the graph yet
+    assert batched.live_count == one_at_a_time.live_count == 250
+    everything = np.ones(batched.size, dtype=np.bool_)
+    for cap_id in ids[50:]:
+        row = batched.row_of[cap_id]
+        query = batched.vectors[row]
+        found = batched.search(query, 1, everything)
+        assert found.plan == "hnsw" and batched.entry(int(found.rows[0])).capability.id == cap_id
+        other = one_at_a_time.search(one_at_a_time.vectors[one_at_a_time.row_of[cap_id]], 1, everything)
+        assert one_at_a_time.entry(int(other.rows[0])).capability.id == cap_id
+    for cap_id in ids[:50]:
+        assert cap_id not in batched.row_of

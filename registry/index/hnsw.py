@@ -58,7 +58,10 @@ class HnswGraph:
 
     def delete(self, label: int) -> None:
         if label not in self._deleted:
-            self._index.mark_deleted(label)
+            try:
+                self._index.mark_deleted(label)
+            except RuntimeError:  # never inserted (its insert was still waiting in a batch): nothing to hide
+                return
             self._deleted.add(label)
 
     def query(

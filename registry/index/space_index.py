@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -52,6 +53,7 @@ class SpaceIndex:
         self.caps_of_agent: dict[str, set[str]] = {}  # agent id -> its capability ids here
         self._free_rows: list[int] = []
         self._applied_seq: dict[str, int] = {}  # capability id -> seq of the last change applied to it
+        self._pending_rows: list[int] | None = None  # inside graph_batch(): rows whose graph insert waits
         self.watermark = 0
 
     @classmethod
@@ -104,6 +106,23 @@ class SpaceIndex:
                 self._remove(cap_id)
                 self._applied_seq[cap_id] = change.seq
         self.watermark = max(self.watermark, change.seq)
+
+    @contextmanager
+    def graph_batch(self, num_threads: int = 2) -> Iterator[None]:
+        """Inside, new vectors go into the HNSW graph together at the end, in one multi-threaded call: a
+        follower applying a bulk registration inserts a thousand rows at once instead of one at a time.
+        Nothing may search the index inside (the follower applies on the event loop without yielding)."""
+        if self._pending_rows is not None:  # already batching: the outer batch flushes
+            yield
+            return
+        self._pending_rows = []
+        try:
+            yield
+        finally:
+            rows, self._pending_rows = list(dict.fromkeys(self._pending_rows)), None
+            if rows:
+                labels = np.array(rows, dtype=np.int64)
+                self.graph.add(labels, self.vectors[labels], num_threads=num_threads)
 
     def replace_agent(self, agent_id: str, entries: list[CatalogEntry], seq: int) -> tuple[str, ...]:
         """Make the agent's rows exactly `entries` (none: the agent is gone), as of change `seq`; returns
@@ -199,7 +218,10 @@ class SpaceIndex:
         self.columns.set_row(row, entry)
         if entry.vector is not None:
             self.vectors[row] = _unit(entry.vector)
-            self.graph.add(np.array([row], dtype=np.int64), self.vectors[row : row + 1])
+            if self._pending_rows is not None:
+                self._pending_rows.append(row)
+            else:
+                self.graph.add(np.array([row], dtype=np.int64), self.vectors[row : row + 1])
 
     def _remove(self, cap_id: str) -> None:
         row = self.row_of.pop(cap_id, None)
@@ -210,6 +232,8 @@ class SpaceIndex:
         caps.discard(cap_id)
         if not caps:
             self.caps_of_agent.pop(entry.agent_id, None)
+        if self._pending_rows is not None and row in self._pending_rows:  # added in this batch: never insert it
+            self._pending_rows = [r for r in self._pending_rows if r != row]
         self.graph.delete(row)
         self.columns.clear_row(row)
         self.entries[row] = None

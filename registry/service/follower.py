@@ -171,8 +171,10 @@ class ChangeFollower:
             states = await asyncio.to_thread(self._store.index_state, list(agents), known)
             removed: set[str] = set()
             for live in spaces:
-                for agent_id, seq in agents.items():
-                    removed.update(live.index.replace_agent(agent_id, states[live.space.id].get(agent_id, []), seq))
+                with live.index.graph_batch():  # the batch's new vectors go into HNSW in one call
+                    for agent_id, seq in agents.items():
+                        state = states[live.space.id].get(agent_id, [])
+                        removed.update(live.index.replace_agent(agent_id, state, seq))
             if removed:
                 for listener in self._removal_listeners:
                     listener(sorted(removed))

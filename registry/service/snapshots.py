@@ -20,6 +20,7 @@ from registry.service.follower import ChangeFollower
 from registry.service.serving import Spaces
 
 log = logging.getLogger(__name__)
+SNAPSHOT_DUTY_FACTOR = 10.0  # wait at least this many times the last snapshot's duration before the next
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,10 @@ class SnapshotKeeper:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            # A snapshot holds the follower (writes wait), and a large index takes seconds to write: spend at
+            # most a tenth of the time on snapshots, however short the interval.
+            last = self.last.seconds if self.last is not None else 0.0
+            await asyncio.sleep(max(self._interval_s, SNAPSHOT_DUTY_FACTOR * last))
             try:
                 await self.write_now()
             except Exception as exc:  # a full or read-only disk must not stop the server
