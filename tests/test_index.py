@@ -258,10 +258,22 @@ def test_a_graph_batch_gives_the_same_index_as_inserting_one_row_at_a_time() -> 
     one_at_a_time = SpaceIndex(32, HnswParams(initial_capacity=8), planner)
     batched = SpaceIndex(32, HnswParams(initial_capacity=8), planner)
     ids = [str(uuid.uuid4()) for _ in range(300)]
-    changes = [CatalogChange(seq=1, upserts=tuple(entry(rng.standard_normal(32), cap_id=i) for i in ids[:200]))]
+    changes = [
+        CatalogChange(
+            seq=1, upserts=tuple(entry(rng.standard_normal(32).astype(np.float32), cap_id=i) for i in ids[:200])
+        )
+    ]
     changes.append(CatalogChange(seq=2, removed=tuple(ids[:50])))
-    changes.append(CatalogChange(seq=3, upserts=tuple(entry(rng.standard_normal(32), cap_id=i) for i in ids[200:])))
-    changes.append(CatalogChange(seq=4, upserts=tuple(entry(rng.standard_normal(32), cap_id=i) for i in ids[60:90])))
+    changes.append(
+        CatalogChange(
+            seq=3, upserts=tuple(entry(rng.standard_normal(32).astype(np.float32), cap_id=i) for i in ids[200:])
+        )
+    )
+    changes.append(
+        CatalogChange(
+            seq=4, upserts=tuple(entry(rng.standard_normal(32).astype(np.float32), cap_id=i) for i in ids[60:90])
+        )
+    )
     for change in changes:
         one_at_a_time.apply(change)
     with batched.graph_batch():
