@@ -111,3 +111,24 @@ def test_cached_masks_are_read_only() -> None:
     columns = AttributeColumns(4)
     mask = columns.any_of("region", ["eu-west-1"], 4)
     assert not mask.flags.writeable
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(entries, min_size=1, max_size=ROWS))
+def test_setting_fresh_rows_at_once_equals_setting_them_one_by_one(rows: list[CatalogEntry]) -> None:
+    """Start-up fills the columns in one pass (set_fresh_rows); it must hold exactly what set_row builds."""
+    one_by_one, at_once = AttributeColumns(ROWS), AttributeColumns(ROWS)
+    for row, entry in enumerate(rows):
+        one_by_one.set_row(row, entry)
+    at_once.set_fresh_rows(list(range(len(rows))), rows)
+    for name in ("live", "kind", "status", "cost_call", "cost_in", "cost_out", "latency", "quality", "anywhere",
+                 "tenant", "visibility", "lease_expires"):  # fmt: skip
+        assert np.array_equal(getattr(one_by_one, name), getattr(at_once, name)), name
+    assert one_by_one.tenant_codes == at_once.tenant_codes
+    assert {f: dict(v) for f, v in one_by_one.postings.items()} == {f: dict(v) for f, v in at_once.postings.items()}
+    assert np.array_equal(one_by_one.leased_rows(), at_once.leased_rows())
+    for tenant in ("a", "b"):
+        filters = DiscoverFilters(regions=("eu-west-1",))
+        mask, exclusions = constraint_mask(at_once, len(rows), tenant, filters, 0, 0, now=NOW)
+        expected = constraint_mask(one_by_one, len(rows), tenant, filters, 0, 0, now=NOW)
+        assert np.array_equal(mask, expected[0]) and exclusions == expected[1]

@@ -194,6 +194,12 @@ def entry_to_json(entry: CatalogEntry) -> dict[str, Any]:
     }
 
 
+# Enum members by value: a dict lookup, where Enum(value) costs a call through the metaclass per field.
+_KINDS = {kind.value: kind for kind in AgentKind}
+_STATUSES = {status.value: status for status in AgentStatus}
+_VISIBILITIES = {visibility.value: visibility for visibility in Visibility}
+
+
 def entry_from_json(data: dict[str, Any]) -> CatalogEntry:
     cap = data["cap"]
     capability = Capability(
@@ -218,11 +224,11 @@ def entry_from_json(data: dict[str, Any]) -> CatalogEntry:
         agent_id=data["agent_id"],
         agent_name=data["agent_name"],
         tenant=data["tenant"],
-        kind=AgentKind(data["kind"]),
+        kind=_KINDS[data["kind"]],
         endpoint=data["endpoint"],
         labels=dict(data["labels"]),
-        status=AgentStatus(data["status"]),
-        visibility=Visibility(data["visibility"]),
+        status=_STATUSES[data["status"]],
+        visibility=_VISIBILITIES[data["visibility"]],
         shared_with=tuple(data["shared_with"]),
         lease_expires_at=float(lease) if lease is not None else float("inf"),
         text_sha256=data["text_sha256"],

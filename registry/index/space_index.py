@@ -74,14 +74,18 @@ class SpaceIndex:
         index._reserve(len(entries))
         index.vectors[: len(entries)] = vectors
         index.entries = list(entries)
+        rows: list[int] = []
+        live: list[CatalogEntry] = []
         for row, entry in enumerate(entries):
             if entry is None:
                 index._free_rows.append(row)
                 continue
+            rows.append(row)
+            live.append(entry)
             index.row_of[entry.capability.id] = row
             index.caps_of_agent.setdefault(entry.agent_id, set()).add(entry.capability.id)
-            index.columns.set_row(row, entry)
-            index._applied_seq[entry.capability.id] = watermark
+        index.columns.set_fresh_rows(rows, live)
+        index._applied_seq = dict.fromkeys(index.row_of, watermark)
         index.watermark = watermark
         return index
 
@@ -161,9 +165,9 @@ class SpaceIndex:
             self.entries.append(replace(entry, vector=None))  # the vector lives in self.vectors only
             self.row_of[entry.capability.id] = row
             self.caps_of_agent.setdefault(entry.agent_id, set()).add(entry.capability.id)
-            self.columns.set_row(row, entry)
             self.vectors[row] = _unit(entry.vector)
             self._applied_seq[entry.capability.id] = watermark
+        self.columns.set_fresh_rows(rows.tolist(), entries)
         if entries:
             self.graph.add(rows, self.vectors[rows], num_threads=num_threads)
         self.watermark = max(self.watermark, watermark)
