@@ -52,7 +52,8 @@ class ShadowRecorder:
         try:
             assert query.text is not None
             vector = await live.batcher.embed(query.text)
-            deep = replace(query, top_k=max(query.top_k, DEPTH))
+            # Deep, and without exploration: a least-tried capability moved to the top would skew the comparison.
+            deep = replace(query, top_k=max(query.top_k, DEPTH), exploration_rate=0.0)
             shadow = self._discovery.search(live, deep, vector, budget_left, {}, time.perf_counter())
             comparison = self.stats.setdefault(name, Comparison(k=query.top_k))
             comparison.add(

@@ -17,7 +17,7 @@ from registry.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from registry.domain.models import Agent, Capability, SpaceState, VectorSpace
 from registry.store import changelog
 from registry.store import tables as t
-from registry.store.repository import now_utc
+from registry.store.repository import CONFLICT_RETRIES, now_utc
 from registry.store.rows import agent_from_row, capability_from_row, space_from_row, utc
 
 
@@ -115,6 +115,17 @@ class SpaceStore:
             raise AlreadyExists(f"vector space {space.name!r} exists; pick another name or retire it first") from exc
 
     def put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> int:
+        """See _put_vectors; a concurrent registration that stored one of these vectors first (a unique-key
+        conflict) makes the batch run again, skipping that row."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return self._put_vectors(space_id, rows)
+            except IntegrityError:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> int:
         """Store backfilled vectors (capability, text hash, float32 bytes); one change per agent, so every
         follower adds them to its index of the space. Rows that gained a vector meanwhile (a concurrent
         registration embeds into every live space), lost their capability, or whose capability (or agent,
@@ -147,6 +158,9 @@ class SpaceStore:
                     )
                     .join(t.agents, t.agents.c.id == t.capabilities.c.agent_id)
                     .where(t.capabilities.c.id.in_(cap_ids))
+                    # FOR SHARE (PostgreSQL): a writer changing one of these rows waits for this commit, then
+                    # sees the vector and drops or replaces it; one that changed first is seen changed here.
+                    .with_for_update(read=True)
                 )
             }
             uses_agent = "{agent_" in space["template"]
