@@ -31,6 +31,6 @@ def test_scale_benchmark_smoke() -> None:
     assert memory["rss_loaded_bytes"] > memory["rss_empty_bytes"] > 0
     assert memory["ratio_added_loaded"] > 0 and memory["snapshot_file_bytes"]["vectors.npy"] > 1000 * 384 * 4
     cold = row["cold_start"]
-    assert cold["source"] in ("snapshot", "database") and cold["capabilities"] == 1000
+    assert cold["source"] == "snapshot" and cold["capabilities"] == 1000  # SIGTERM wrote one; the restart loads it
     assert cold["seconds"] > 0 and cold["server_startup_seconds"] >= 0
     assert row["exact_in_process"]["all_rows"]["p50_ms"] > 0
