@@ -397,7 +397,7 @@ def test_a_retried_write_whose_first_commit_went_unacknowledged_is_discoverable(
     UNAVAILABLE, retries as told, and the retry finds nothing to change. The agent must still be in the
     index: an unchanged write answers only once the index reflects the state it read."""
     store = pg_server.app.store
-    real_register = store.register
+    real_register = store.register_many  # every registration, one or many, goes through it
     lost = threading.Event()
 
     def commit_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
@@ -410,12 +410,12 @@ def test_a_retried_write_whose_first_commit_went_unacknowledged_is_discoverable(
         return result
 
     vector = unit_vector(np.random.default_rng(3), embedder.dim)
-    store.register = commit_then_lose_the_answer  # type: ignore[method-assign]
+    store.register_many = commit_then_lose_the_answer  # type: ignore[method-assign]
     try:
         with pytest.raises(UnavailableError):
             pg_client.register_agent(vector_agent("ambiguous", vector))
         pg_client.register_agent(vector_agent("ambiguous", vector))  # the retry the error message suggests
     finally:
-        store.register = real_register  # type: ignore[method-assign]
+        store.register_many = real_register  # type: ignore[method-assign]
     assert pg_client.get_agent("ambiguous").name == "ambiguous"
     assert top_match(pg_client, vector) == "ambiguous"
