@@ -255,18 +255,9 @@ class RegistryStore:
                     id=agent_id,
                     tenant_id=agent.tenant,
                     name=agent.name,
-                    kind=agent.kind.value,
-                    endpoint=agent.endpoint,
-                    description=agent.description,
-                    labels=agent.labels,
-                    status=status.value,
-                    visibility=visibility.value,
-                    shared_with=list(agent.shared_with),
                     generation=1,
                     created_at=now,
-                    updated_at=now,
-                    lease_ttl_ms=lease_ttl_ms,
-                    lease_expires_at=_lease_end(now, lease_ttl_ms),
+                    **_agent_values(agent, status, visibility, lease_ttl_ms, now),
                 ),
             )
             stored_caps: dict[tuple[str, str], Any] = {}
@@ -366,17 +357,8 @@ class RegistryStore:
                 update(t.agents)
                 .where(t.agents.c.id == agent_id)
                 .values(
-                    kind=agent.kind.value,
-                    endpoint=agent.endpoint,
-                    description=agent.description,
-                    labels=agent.labels,
-                    status=status.value,
-                    visibility=visibility.value,
-                    shared_with=list(agent.shared_with),
                     generation=t.agents.c.generation + 1,
-                    updated_at=now,
-                    lease_ttl_ms=lease_ttl_ms,
-                    lease_expires_at=_lease_end(now, lease_ttl_ms),
+                    **_agent_values(agent, status, visibility, lease_ttl_ms, now),
                 )
             )
         hashes = {cap.key: h for cap, h in zip(agent.capabilities, text_hashes, strict=True)}
@@ -684,6 +666,24 @@ def _forget_vectors_elsewhere(conn: Connection, cap_ids: list[str], embedded_int
     conn.execute(
         delete(t.capability_vectors).where(vectors.capability_id.in_(cap_ids), vectors.space_id.in_(elsewhere))
     )
+
+
+def _agent_values(
+    agent: Agent, status: AgentStatus, visibility: Visibility, lease_ttl_ms: int, now: datetime
+) -> dict[str, Any]:
+    """The agent row's columns a registration writes, on insert and on update alike."""
+    return {
+        "kind": agent.kind.value,
+        "endpoint": agent.endpoint,
+        "description": agent.description,
+        "labels": agent.labels,
+        "status": status.value,
+        "visibility": visibility.value,
+        "shared_with": list(agent.shared_with),
+        "updated_at": now,
+        "lease_ttl_ms": lease_ttl_ms,
+        "lease_expires_at": _lease_end(now, lease_ttl_ms),
+    }
 
 
 def _lease_ms(ttl_s: float | None, stored_ms: int) -> int:
