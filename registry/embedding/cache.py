@@ -61,3 +61,16 @@ class CachedModel:
                 while len(self._cache) > self._size:
                     self._cache.popitem(last=False)
         return out
+
+
+class CachingEmbedder:
+    """The Embedder surface of a model behind a CachedModel: subclasses set `self._cached` in __init__."""
+
+    _cached: CachedModel
+
+    def cached(self, text: str) -> Vectors | None:
+        """The text's vector if it is in the cache (a repeated task), without calling the model."""
+        return self._cached.get(text)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        return self._cached.embed(texts)

