@@ -244,7 +244,7 @@ def test_a_failed_batch_names_each_manifest_entry_and_says_what_may_have_been_wr
     import grpc
     from capreg_client import CapregError
 
-    from registry.cli.main import BatchFailed
+    from registry.cli.apply import BatchFailed
 
     batch = [SimpleNamespace(name=f"n{i}") for i in range(4)]
     duplicate = CapregError(
