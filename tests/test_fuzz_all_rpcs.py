@@ -45,7 +45,7 @@ from typing import Any, cast
 import grpc
 import numpy as np
 import pytest
-from capreg.v1 import agent_pb2, budget_pb2, discovery_pb2, keys_pb2, policy_pb2, registry_pb2
+from capreg.v1 import agent_pb2, budget_pb2, discovery_pb2, keys_pb2, outcome_pb2, policy_pb2, registry_pb2
 from capreg_client import CapregClient
 from capreg_client.errors import from_rpc_error
 from google.protobuf import text_format
@@ -62,7 +62,22 @@ from registry.domain.auth import PERMISSIONS, Role
 from registry.embedding.sentence import SentenceTransformerEmbedder
 from registry.transport.auth import AUDITED
 from tests.support import ServerThread, make_agent, make_capability, running_server
-from tests.test_auth import AUDIT, BUD, CASES, DISC, KEYS, ME, OTHER, POL, REG, World, proto_methods, secret_of, seed
+from tests.test_auth import (
+    AUDIT,
+    BUD,
+    CASES,
+    DISC,
+    KEYS,
+    ME,
+    OTHER,
+    OUT,
+    POL,
+    REG,
+    World,
+    proto_methods,
+    secret_of,
+    seed,
+)
 
 Code = grpc.StatusCode
 OK, INVALID = Code.OK, Code.INVALID_ARGUMENT
@@ -912,6 +927,14 @@ def found_by_fuzzing(rig: Rig) -> list[Found]:
             ),
             OK,
         ),
+        # ReportOutcome: a capability_id with NUL went to PostgreSQL unchecked and was INTERNAL there.
+        Found(
+            CLUSTER,
+            OUT + "ReportOutcome",
+            outcome_pb2.ReportOutcomeRequest(tenant=ME, capability_id="\x00", text="summarize this", success=True),
+            INVALID,
+            "capability_id",
+        ),
         # More than the limit, before any reservation this period: refused, yet it wrote a usage row.
         Found(
             CLUSTER,
@@ -926,6 +949,43 @@ def test_the_inputs_fuzzing_found(rig: Rig) -> None:
     for found in found_by_fuzzing(rig):
         outcome = exercise(rig, found.caller, found.method, "found", found.request)  # it asserts the rest
         assert (outcome.code, outcome.field) == (found.code, found.field), (found.method, outcome)
+    assert_healthy(rig)
+
+
+def with_nul(seed: Message) -> Iterator[Message]:
+    """The seed once per string in it (fields, list items, map keys and values), that string given a NUL."""
+    for path, field in enumerate(slots(seed)):
+        if field[1].type != FieldDescriptor.TYPE_STRING and not is_map(field[1]):
+            continue
+        message = type(seed)()
+        message.CopyFrom(seed)
+        holder, target = slots(message)[path]
+        value = getattr(holder, target.name)
+        if is_map(target):
+            entries = dict(value)
+            if entries and isinstance(next(iter(entries.values())), str):
+                first = next(iter(entries))
+                assign(holder, target, {**entries, first: entries[first] + "\x00"})
+                yield message
+        elif target.is_repeated:
+            if value:
+                assign(holder, target, [value[0] + "\x00", *value[1:]])
+                yield message
+        else:
+            setattr(holder, target.name, value[:1] + "\x00" + value[1:])
+            yield message
+
+
+def test_a_nul_in_any_string_of_any_valid_request(rig: Rig) -> None:
+    """Each string a valid request carries, given a NUL: PostgreSQL stores none in text or jsonb, so every
+    one must be refused as the field's fault, ignored, or kept out of the database, never INTERNAL."""
+    calls = 0
+    for method in sorted(RPCS):
+        for valid in rig.seeds[method]:
+            for request in with_nul(valid):
+                exercise(rig, CLUSTER, method, "nul", request)  # it asserts everything
+                calls += 1
+    assert calls > len(RPCS)
     assert_healthy(rig)
 
 

@@ -22,7 +22,6 @@ MIN_AMOUNT_USD = 1.0 / MICROS_PER_USD
 MIN_TTL_S = 1.0
 MAX_TTL_S = 24 * 3600.0
 DEFAULT_TTL_S = 300.0
-MAX_ID_LEN = 64
 # The period of a TOTAL budget: one, starting at the epoch.
 TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -153,14 +152,6 @@ def check_money(value: float, field: str, low: float, high: float) -> None:
         raise InvalidArgument(field, f"must be between {low:g} and {high:g} US dollars, got {value:g}")
 
 
-def check_id(value: str, field: str) -> None:
-    """Ids are opaque; an unknown one is NotFound, but an empty or absurd one is the caller's mistake."""
-    if not value:
-        raise InvalidArgument(field, "must not be empty")
-    if len(value) > MAX_ID_LEN or not v.PRINTABLE_RE.match(value) or value != value.strip():
-        raise InvalidArgument(field, f"is not an id: 1-{MAX_ID_LEN} printable characters")
-
-
 def check_ttl(ttl_s: float, field: str = "ttl") -> None:
     if math.isnan(ttl_s) or math.isinf(ttl_s):
         raise InvalidArgument(field, "must be a finite duration")
@@ -201,7 +192,7 @@ def validate_budget_ref(ref: BudgetRef, field: str = "budget") -> BudgetRef:
     """An id, or a name; the tenant defaults to 'default' either way (it bounds what an id may find)."""
     tenant = v.tenant_or_default(ref.tenant, f"{field}.tenant")
     if ref.id:
-        check_id(ref.id, f"{field}.id")
+        v.check_id(ref.id, f"{field}.id")
         return BudgetRef(id=ref.id, tenant=tenant)
     if not ref.name:
         raise InvalidArgument(field, "give an id, or a name (and a tenant unless it is 'default')")

@@ -75,6 +75,17 @@ def check_name(value: str, field: str) -> None:
         )
 
 
+MAX_ID_LEN = 64
+
+
+def check_id(value: str, field: str) -> None:
+    """Ids are opaque; an unknown one is NotFound, but an empty or absurd one is the caller's mistake."""
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > MAX_ID_LEN or not PRINTABLE_RE.match(value) or value != value.strip():
+        raise InvalidArgument(field, f"is not an id: 1-{MAX_ID_LEN} printable characters")
+
+
 def check_text(value: str, field: str, max_len: int, *, required: bool = False) -> None:
     if required and not value.strip():
         raise InvalidArgument(field, "must not be empty")

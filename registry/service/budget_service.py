@@ -60,7 +60,7 @@ class BudgetService:
     async def remaining_usd(self, caller: Caller, budget_id: str) -> float:
         """BudgetLimiter: what the budget has left in its current period, for Discover."""
         tenant = v.tenant_or_default(caller.tenant, "tenant")
-        b.check_id(budget_id, "budget_id")
+        v.check_id(budget_id, "budget_id")
         return await asyncio.to_thread(self._store.remaining_usd, tenant, budget_id)
 
     # -- reservations --------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ class BudgetService:
         self, caller: Caller, budget_id: str, amount_usd: float, ttl_s: float = b.DEFAULT_TTL_S
     ) -> ReservationWrite:
         tenant = v.tenant_or_default(caller.tenant, "tenant")
-        b.check_id(budget_id, "budget_id")
+        v.check_id(budget_id, "budget_id")
         b.check_amount(amount_usd)
         b.check_ttl(ttl_s)
         try:
@@ -82,7 +82,7 @@ class BudgetService:
 
     async def commit(self, caller: Caller, reservation_id: str, actual_usd: float | None = None) -> ReservationWrite:
         tenant = v.tenant_or_default(caller.tenant, "tenant")
-        b.check_id(reservation_id, "reservation_id")
+        v.check_id(reservation_id, "reservation_id")
         if actual_usd is not None:
             b.check_actual(actual_usd)
         written = await asyncio.to_thread(self._store.commit, tenant, reservation_id, actual_usd)
@@ -91,14 +91,14 @@ class BudgetService:
 
     async def release(self, caller: Caller, reservation_id: str) -> ReservationWrite:
         tenant = v.tenant_or_default(caller.tenant, "tenant")
-        b.check_id(reservation_id, "reservation_id")
+        v.check_id(reservation_id, "reservation_id")
         written = await asyncio.to_thread(self._store.release, tenant, reservation_id)
         current().reservations.add(1, {"operation": "release", "result": "ok"})
         return written
 
     async def get_reservation(self, caller: Caller, reservation_id: str) -> Reservation:
         tenant = v.tenant_or_default(caller.tenant, "tenant")
-        b.check_id(reservation_id, "reservation_id")
+        v.check_id(reservation_id, "reservation_id")
         return await asyncio.to_thread(self._store.get_reservation, tenant, reservation_id)
 
     # -- the sweeper ---------------------------------------------------------------------------------

@@ -371,8 +371,7 @@ def _validate(report: OutcomeReport) -> float:
     """Everything but the task; returns the score."""
     if not report.capability_id:
         raise InvalidArgument("capability_id", "must name the capability the task was given to")
-    if len(report.capability_id) > 64:
-        raise InvalidArgument("capability_id", "is not a capability id")
+    v.check_id(report.capability_id, "capability_id")
     if report.success is not None and report.score is not None:
         raise InvalidArgument("score", "give success or score, not both")
     if report.success is None and report.score is None:
