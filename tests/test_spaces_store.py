@@ -37,10 +37,10 @@ def backfill_all(spaces: SpaceStore, space_id: int, batch: int = 2) -> int:
     """Embed every missing capability the way a backfill does, in batches; how many were embedded."""
     done = 0
     while found := spaces.missing(space_id, batch):
-        spaces.put_vectors(
+        _, stored = spaces.put_vectors(
             space_id, [(m, text_hash(m.capability.description), vector_for(m.capability.description)) for m in found]
         )
-        done += len(found)
+        done += stored
     return done
 
 
@@ -125,7 +125,7 @@ def test_a_capability_changed_after_it_was_read_for_backfill_is_embedded_from_it
     old_text = read.capability.description
     changed = Capability(name="x", version="1.0.0", description="a does x, now in French too")
     register(registry, replace(agent("a"), capabilities=(changed,)), serving_id)  # e.g. on another replica
-    assert spaces.put_vectors(candidate.id, [(read, text_hash(old_text), vector_for(old_text))]) == 0
+    assert spaces.put_vectors(candidate.id, [(read, text_hash(old_text), vector_for(old_text))]) == (0, 0)
     assert spaces.coverage(candidate.id).missing == 1  # the stale vector was not stored
     assert backfill_all(spaces, candidate.id) == 1  # the next batch reads and embeds the current text
     with engine.connect() as conn:
@@ -133,6 +133,30 @@ def test_a_capability_changed_after_it_was_read_for_backfill_is_embedded_from_it
             select(t.capability_vectors.c.text_sha256).where(t.capability_vectors.c.space_id == candidate.id)
         ).scalar_one()
     assert stored == text_hash(changed.description) != text_hash(old_text)
+
+
+@pytest.mark.parametrize(
+    "template", ["{agent_name}: {agent_description}. {name}. {description}", "{name}. {description}"]
+)
+def test_an_agent_changed_after_it_was_read_for_backfill_matters_only_to_a_template_that_shows_it(
+    stores: tuple[RegistryStore, SpaceStore, int], template: str
+) -> None:
+    """Only the agent's description changes: the capability rows are as they were. A space whose text shows
+    agent fields must not keep the vector of the old agent text; one whose text does not may."""
+    registry, spaces, serving_id = stores
+    before = replace(agent("a", "x"), description="reads invoices")
+    register(registry, before, serving_id)
+    candidate, _ = spaces.create(replace(NEW, template=template))
+    [read] = spaces.missing(candidate.id, 10)
+    register(registry, replace(before, description="reads invoices and receipts"), serving_id)
+    [now] = spaces.missing(candidate.id, 10)
+    assert now.capability.updated_at == read.capability.updated_at  # the capability itself did not change
+    seq, stored = spaces.put_vectors(candidate.id, [(read, "h", vector_for("old agent text"))])
+    if "{agent_" in template:
+        assert (seq, stored) == (0, 0) and spaces.coverage(candidate.id).missing == 1
+        assert backfill_all(spaces, candidate.id) == 1  # the next batch embeds the current agent text
+    else:
+        assert seq > 0 and stored == 1 and spaces.coverage(candidate.id).missing == 0
 
 
 def test_shadow_is_for_candidates_only_and_unknown_names_are_not_found(

@@ -62,7 +62,7 @@ class SpaceStatus:
 @dataclass(frozen=True, slots=True)
 class BackfillProgress:
     space: str
-    done: int  # embedded by this run
+    done: int  # embedded and stored by this run
     total: int  # missing when this run started
     rate_per_s: float
     eta_s: float
@@ -225,11 +225,11 @@ class AdminService:
                 (m, text_hash(text), vector_to_bytes(np.asarray(vector, dtype=np.float32)))
                 for m, text, vector in zip(batch, texts, vectors, strict=True)
             ]
-            seq = await asyncio.to_thread(self._space_store.put_vectors, space.id, rows)
+            seq, stored = await asyncio.to_thread(self._space_store.put_vectors, space.id, rows)
             if seq:
                 await self._settle(seq)
                 token = seq
-            done += len(batch)
+            done += stored  # a row skipped as changed meanwhile is still missing: a later batch embeds it
             total = max(total, done)
             rate = done / max(time.monotonic() - started, 1e-9)
             eta = (total - done) / rate if rate else 0.0

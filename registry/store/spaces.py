@@ -114,9 +114,9 @@ class SpaceStore:
         except IntegrityError as exc:
             raise AlreadyExists(f"vector space {space.name!r} exists; pick another name or retire it first") from exc
 
-    def put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> int:
-        """See _put_vectors; a concurrent registration that stored one of these vectors first (a unique-key
-        conflict) makes the batch run again, skipping that row."""
+    def put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> tuple[int, int]:
+        """See _put_vectors; (seq, vectors stored). A concurrent registration that stored one of these vectors
+        first (a unique-key conflict) makes the batch run again, skipping that row."""
         for attempt in range(CONFLICT_RETRIES):
             try:
                 return self._put_vectors(space_id, rows)
@@ -125,14 +125,14 @@ class SpaceStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> int:
+    def _put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> tuple[int, int]:
         """Store backfilled vectors (capability, text hash, float32 bytes); one change per agent, so every
         follower adds them to its index of the space. Rows that gained a vector meanwhile (a concurrent
         registration embeds into every live space), lost their capability, or whose capability (or agent,
         if the template shows agent fields) changed since `missing()` read it are skipped: they stay
         missing, and the backfill's next batch embeds their current text."""
         now = now_utc()
-        seq = 0
+        seq = stored = 0
         with self.engine.begin() as conn:
             space = self._find_by_id(conn, space_id, for_update=True)
             if space["state"] not in (SpaceState.BUILDING.value, SpaceState.READY.value):
@@ -179,10 +179,11 @@ class SpaceStore:
                         capability_id=cap_id, space_id=space_id, text_sha256=text_hash, vector=vector, created_at=now
                     )
                 )
+                stored += 1
                 agents[missing.agent.id] = missing.agent.tenant
             for agent_id, tenant in sorted(agents.items()):
                 seq = changelog.append(conn, tenant, "agent", agent_id, "vectors", now)
-        return seq
+        return seq, stored
 
     def mark_ready_if_complete(self, space_id: int) -> tuple[bool, int]:
         """building -> ready once every capability has a vector here; (became ready, seq)."""
