@@ -40,6 +40,7 @@ from registry.domain.models import (
 )
 from registry.embedding.base import Embedder
 from registry.embedding.sentence import SentenceTransformerEmbedder
+from registry.files import file_sha256
 from registry.index import snapshot
 from registry.index.columns import constraint_mask
 from registry.index.hnsw import HnswParams
@@ -321,6 +322,19 @@ def _edit_meta(edit: Callable[[str, Written], str]) -> Callable[[Written], None]
     return spoil
 
 
+def _resealed(**changes: Any) -> Callable[[Written], None]:
+    """meta.json changed and given a matching checksum, as a capreg of another snapshot layout writes it."""
+
+    def spoil(w: Written) -> None:
+        meta = json.loads((w.path / "meta.json").read_text())
+        del meta["checksum"]
+        meta |= changes
+        meta["checksum"] = snapshot._meta_checksum(meta)
+        (w.path / "meta.json").write_text(json.dumps(meta))
+
+    return spoil
+
+
 def _skip_ahead(text: str, w: Written) -> str:
     """Claim the snapshot holds the change after it: loading it would miss that change for good."""
     meta = json.loads(text)
@@ -345,10 +359,12 @@ SPOILERS: dict[str, tuple[Callable[[Written], object], str, set[str]]] = {
     # name: (how, what the reason says, the agents the database still has)
     "vectors-truncated": (lambda w: _truncate(w.path / "vectors.npy"), "does not match its checksum", ALL),
     "graph-truncated": (lambda w: _truncate(w.path / "graph.bin"), "does not match its checksum", ALL),
-    "entries-truncated": (lambda w: _truncate(w.path / "entries.jsonl"), "does not match its checksum", ALL),
+    "entries-truncated": (lambda w: _truncate(w.path / "entries.json"), "does not match its checksum", ALL),
     "vectors-flipped": (lambda w: _flip(w.path / "vectors.npy"), "vectors.npy does not match its checksum", ALL),
     "graph-flipped": (lambda w: _flip(w.path / "graph.bin"), "graph.bin does not match its checksum", ALL),
-    "entries-flipped": (lambda w: _flip(w.path / "entries.jsonl"), "entries.jsonl does not match its checksum", ALL),
+    "entries-flipped": (lambda w: _flip(w.path / "entries.json"), "entries.json does not match its checksum", ALL),
+    "another-row-layout": (_resealed(entry_fields=["id", "name"]), "the snapshot's rows hold", ALL),
+    "a-newer-format": (_resealed(format=3), "format 3 is not one this capreg reads", ALL),
     "meta-flipped": (lambda w: _flip(w.path / "meta.json"), "meta.json", ALL),
     "meta-watermark-altered": (_edit_meta(_skip_ahead), "meta.json does not match its checksum", ALL),
     "meta-key-altered": (_edit_meta(lambda text, w: text.replace('"rows"', '"rowz"')), "meta.json does not", ALL),
@@ -665,6 +681,15 @@ def test_a_snapshot_reads_back_as_an_index_that_answers_exactly_as_the_original(
     assert (info.watermark, info.rows) == (original.watermark, original.size)
 
     loaded = snapshot.load(root, space, SpaceIndex(dim, hnsw, planner))
+    assert_same_index(loaded, original, queries)
+    as_format_1(info.path)  # what an older capreg wrote: read as well, so an upgrade does not rebuild
+    assert_same_index(snapshot.load(root, space, SpaceIndex(dim, hnsw, planner)), original, queries)
+
+
+def assert_same_index(
+    loaded: SpaceIndex, original: SpaceIndex, queries: list[tuple[str, DiscoverFilters, int, int]]
+) -> None:
+    dim = original.dim
     assert loaded.watermark == original.watermark
     assert (loaded.size, loaded.live_count) == (original.size, original.live_count)
     assert loaded.digest() == original.digest()
@@ -680,3 +705,51 @@ def test_a_snapshot_reads_back_as_an_index_that_answers_exactly_as_the_original(
         want, got = original.search(query, k, masks[0][0]), loaded.search(query, k, masks[1][0])
         assert got.plan == want.plan
         assert np.array_equal(got.rows, want.rows) and np.array_equal(got.similarities, want.similarities)
+
+
+def as_format_1(directory: Path) -> None:
+    """Rewrite a snapshot the way format 1 laid it out: entries.jsonl, an object per line."""
+    entries = snapshot.read_entries(directory / "entries.json")
+    with (directory / "entries.jsonl").open("w", encoding="utf-8") as out:
+        for entry in entries:
+            out.write(json.dumps(entry_to_json(entry) if entry is not None else None, separators=(",", ":")) + "\n")
+    (directory / "entries.json").unlink()
+    meta = json.loads((directory / "meta.json").read_text())
+    del meta["checksum"], meta["entry_fields"]
+    meta["format"] = 1
+    meta["files"] = {f: file_sha256(directory / f) for f in snapshot.FILES_OF_FORMAT[1]}
+    meta["checksum"] = snapshot._meta_checksum(meta)
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def entry_to_json(entry: CatalogEntry) -> dict[str, Any]:
+    cap = entry.capability
+    return {
+        "agent_id": entry.agent_id,
+        "agent_name": entry.agent_name,
+        "tenant": entry.tenant,
+        "kind": entry.kind.value,
+        "endpoint": entry.endpoint,
+        "labels": entry.labels,
+        "status": entry.status.value,
+        "visibility": entry.visibility.value,
+        "shared_with": list(entry.shared_with),
+        "lease_expires_at": entry.lease_expires_at if entry.lease_expires_at != float("inf") else None,
+        "text_sha256": entry.text_sha256,
+        "cap": {
+            "id": cap.id,
+            "name": cap.name,
+            "version": cap.version,
+            "description": cap.description,
+            "examples": list(cap.examples),
+            "tags": list(cap.tags),
+            "input_modes": list(cap.input_modes),
+            "output_modes": list(cap.output_modes),
+            "cost": [cap.cost.per_call_usd, cap.cost.per_1k_input_tokens_usd, cap.cost.per_1k_output_tokens_usd],
+            "latency_p50_ms": cap.latency_p50_ms,
+            "quality_prior": cap.quality_prior,
+            "regions": list(cap.regions),
+            "created_at": cap.created_at.isoformat() if cap.created_at else None,
+            "updated_at": cap.updated_at.isoformat() if cap.updated_at else None,
+        },
+    }

@@ -3,10 +3,14 @@ change log from the snapshot's watermark.
 
 Layout, under `<data_dir>/snapshots/<space>/`:
     CURRENT                 the name of the live snapshot directory, replaced atomically
-    <watermark>-<stamp>/    meta.json, vectors.npy, graph.bin, entries.jsonl
+    <watermark>-<stamp>/    meta.json, vectors.npy, graph.bin, entries.json
 meta.json holds the watermark, what the space was built with, the sha256 of every other file and a
-checksum of its own content. A snapshot that is missing, truncated, altered or made for another space is
-refused with a reason; the caller then rebuilds from the stored vectors (never re-embedding).
+checksum of its own content. entries.json (format 2) is one JSON array with a positional row per index row
+(null for a free row), in the order meta.json's `entry_fields` names: one parse for the whole file, and
+values that repeat (tenants, tags, timestamps, an agent's fields) are shared, not copied per row. Format 1
+(entries.jsonl, an object per line) is still read, so an upgrade does not rebuild. A snapshot that is
+missing, truncated, altered or made for another space is refused with a reason; the caller then rebuilds
+from the stored vectors (never re-embedding).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,13 +39,24 @@ from registry.domain.models import (
     Visibility,
 )
 from registry.files import file_sha256, fsync_dir, fsync_file
+from registry.index.gc_pause import paused_gc
 from registry.index.hnsw import HnswGraph
 from registry.index.space_index import SpaceIndex
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 CURRENT = "CURRENT"
-FILES = ("vectors.npy", "graph.bin", "entries.jsonl")
+FILES_OF_FORMAT = {1: ("vectors.npy", "graph.bin", "entries.jsonl"), 2: ("vectors.npy", "graph.bin", "entries.json")}
+FILES = FILES_OF_FORMAT[FORMAT]
+# The positions of a format-2 row; meta.json repeats them, and a snapshot with other fields is refused.
+ENTRY_FIELDS = (
+    "id", "name", "version", "description", "examples", "tags", "input_modes", "output_modes",
+    "per_call_usd", "per_1k_input_tokens_usd", "per_1k_output_tokens_usd", "latency_p50_ms", "quality_prior",
+    "regions", "created_at", "updated_at",
+    "agent_id", "agent_name", "tenant", "kind", "endpoint", "labels", "status", "visibility", "shared_with",
+    "lease_expires_at", "text_sha256",
+)  # fmt: skip
 
 
 class SnapshotError(Exception):
@@ -80,12 +96,10 @@ def write(index: SpaceIndex, space: VectorSpace, root: Path, keep: int = 2) -> S
         size = index.size
         np.save(target / "vectors.npy", index.vectors[:size], allow_pickle=False)
         index.graph.save(str(target / "graph.bin"))
-        with (target / "entries.jsonl").open("w", encoding="utf-8") as out:
-            for entry in index.entries:
-                out.write(json.dumps(entry_to_json(entry) if entry is not None else None, separators=(",", ":")))
-                out.write("\n")
+        write_entries(target / "entries.json", index.entries)
         files = {f: file_sha256(target / f) for f in FILES}
-        meta = {"format": FORMAT, "watermark": index.watermark, "rows": size} | space_identity(space)
+        meta = {"format": FORMAT, "watermark": index.watermark, "rows": size, "entry_fields": list(ENTRY_FIELDS)}
+        meta |= space_identity(space)
         meta["files"] = files
         meta["checksum"] = _meta_checksum(meta)
         (target / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -105,6 +119,11 @@ def write(index: SpaceIndex, space: VectorSpace, root: Path, keep: int = 2) -> S
 
 def load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceIndex:
     """The CURRENT snapshot as an index with the parameters of `template_index`; SnapshotError says why not."""
+    with paused_gc():
+        return _load(root, space, template_index)
+
+
+def _load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceIndex:
     pointer = root / CURRENT
     if not pointer.exists():
         raise SnapshotError(f"no snapshot in {root}")
@@ -121,27 +140,37 @@ def load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceInd
         raise SnapshotError(f"{directory}/meta.json is unreadable: {exc}") from exc
     if not isinstance(meta, dict):
         raise SnapshotError(f"{directory}/meta.json is not a JSON object")
-    if meta.get("format") != FORMAT:
-        raise SnapshotError(f"snapshot format {meta.get('format')!r} is not {FORMAT}")
+    form = meta.get("format")
+    if form not in READABLE_FORMATS:
+        raise SnapshotError(f"snapshot format {form!r} is not one this capreg reads ({READABLE_FORMATS})")
     checksum = meta.pop("checksum", None)
     if checksum != _meta_checksum(meta):  # an altered watermark would skip changes silently
         raise SnapshotError(f"{directory}/meta.json does not match its checksum: truncated or altered")
     for key, wanted in space_identity(space).items():
         if meta.get(key) != wanted:
             raise SnapshotError(f"the snapshot was made for {key}={meta.get(key)!r}, not {wanted!r}")
+    if form == 2 and meta.get("entry_fields") != list(ENTRY_FIELDS):
+        raise SnapshotError(f"the snapshot's rows hold {meta.get('entry_fields')!r}, not {list(ENTRY_FIELDS)}")
     files = meta.get("files", {})
-    for f in FILES:
-        path = directory / f
-        if not path.exists():
-            raise SnapshotError(f"{path} is missing")
-        if file_sha256(path) != files.get(f):
-            raise SnapshotError(f"{path} does not match its checksum: truncated or altered")
-    try:
-        vectors = np.load(directory / "vectors.npy", allow_pickle=False)
-        lines = (directory / "entries.jsonl").read_text(encoding="utf-8").splitlines()
-        entries = [entry_from_json(json.loads(line)) if line != "null" else None for line in lines]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SnapshotError(f"{directory} does not parse: {exc}") from exc
+    names = FILES_OF_FORMAT[form]
+    for f in names:
+        if not (directory / f).exists():
+            raise SnapshotError(f"{directory / f} is missing")
+    # The files are hashed in threads (hashlib lets go of the GIL) while this one parses the entries; what
+    # was parsed is used only once every checksum has matched.
+    with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="snapshot-sha256") as pool:
+        sums = {f: pool.submit(file_sha256, directory / f) for f in names}
+        try:
+            vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+            entries = read_entries(directory / "entries.json") if form == 2 else read_entries_v1(directory)
+            unparsed: Exception | None = None
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            unparsed = exc
+        for f, digest in sums.items():
+            if digest.result() != files.get(f):
+                raise SnapshotError(f"{directory / f} does not match its checksum: truncated or altered")
+    if unparsed is not None:
+        raise SnapshotError(f"{directory} does not parse: {unparsed}") from unparsed
     rows = int(meta["rows"])
     if vectors.shape != (rows, space.dim) or len(entries) != rows:
         raise SnapshotError(f"{directory} holds {vectors.shape} vectors and {len(entries)} entries, not {rows} rows")
@@ -161,37 +190,107 @@ def load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceInd
     )
 
 
-def entry_to_json(entry: CatalogEntry) -> dict[str, Any]:
-    cap = entry.capability
-    return {
-        "agent_id": entry.agent_id,
-        "agent_name": entry.agent_name,
-        "tenant": entry.tenant,
-        "kind": entry.kind.value,
-        "endpoint": entry.endpoint,
-        "labels": entry.labels,
-        "status": entry.status.value,
-        "visibility": entry.visibility.value,
-        "shared_with": list(entry.shared_with),
-        "lease_expires_at": entry.lease_expires_at if entry.lease_expires_at != float("inf") else None,
-        "text_sha256": entry.text_sha256,
-        "cap": {
-            "id": cap.id,
-            "name": cap.name,
-            "version": cap.version,
-            "description": cap.description,
-            "examples": list(cap.examples),
-            "tags": list(cap.tags),
-            "input_modes": list(cap.input_modes),
-            "output_modes": list(cap.output_modes),
-            "cost": [cap.cost.per_call_usd, cap.cost.per_1k_input_tokens_usd, cap.cost.per_1k_output_tokens_usd],
-            "latency_p50_ms": cap.latency_p50_ms,
-            "quality_prior": cap.quality_prior,
-            "regions": list(cap.regions),
-            "created_at": cap.created_at.isoformat() if cap.created_at else None,
-            "updated_at": cap.updated_at.isoformat() if cap.updated_at else None,
-        },
-    }
+def write_entries(path: Path, entries: list[CatalogEntry | None]) -> None:
+    """One JSON array, a row per line (so a diff or `head` of it stays readable)."""
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    with path.open("w", encoding="utf-8") as out:
+        out.write("[")
+        for i, entry in enumerate(entries):
+            out.write(",\n" if i else "\n")
+            out.write(dumps(entry_to_row(entry)) if entry is not None else "null")
+        out.write("\n]\n")
+
+
+def entry_to_row(entry: CatalogEntry) -> list[Any]:
+    cap, cost = entry.capability, entry.capability.cost
+    return [
+        cap.id, cap.name, cap.version, cap.description, cap.examples, cap.tags, cap.input_modes, cap.output_modes,
+        cost.per_call_usd, cost.per_1k_input_tokens_usd, cost.per_1k_output_tokens_usd, cap.latency_p50_ms,
+        cap.quality_prior, cap.regions,
+        cap.created_at.isoformat() if cap.created_at else None, cap.updated_at.isoformat() if cap.updated_at else None,
+        entry.agent_id, entry.agent_name, entry.tenant, entry.kind.value, entry.endpoint, entry.labels,
+        entry.status.value, entry.visibility.value, entry.shared_with,
+        entry.lease_expires_at if entry.lease_expires_at != float("inf") else None, entry.text_sha256,
+    ]  # fmt: skip
+
+
+def read_entries(path: Path) -> list[CatalogEntry | None]:
+    """Parse entries.json."""
+    rows = json.loads(path.read_bytes())
+    if not isinstance(rows, list):
+        raise ValueError("entries.json is not a JSON array")
+    return RowDecoder().decode_all(rows)
+
+
+class RowDecoder:
+    """Builds entries from format-2 rows, sharing equal values between rows: one tuple per distinct tag list,
+    one datetime per distinct timestamp, one set of an agent's fields for all its capabilities."""
+
+    def __init__(self) -> None:
+        self._shared: dict[Any, Any] = {}
+        self._times: dict[str, datetime] = {}
+        self._agents: dict[str, tuple[list[Any], tuple[Any, ...]]] = {}  # agent id -> (raw, fields)
+
+    def decode_all(self, rows: list[Any]) -> list[CatalogEntry | None]:
+        decode = self.decode
+        return [decode(row) if row is not None else None for row in rows]
+
+    def _tuple(self, items: list[str]) -> tuple[str, ...]:
+        value = tuple(items)
+        return self._shared.setdefault(value, value)  # type: ignore[no-any-return]
+
+    def _time(self, text: str | None) -> datetime | None:
+        if text is None:
+            return None
+        found = self._times.get(text)
+        if found is None:
+            found = self._times[text] = datetime.fromisoformat(text)
+        return found
+
+    def _agent(self, row: list[Any]) -> tuple[Any, ...]:
+        """(agent_id, agent_name, tenant, kind, endpoint, labels, status, visibility, shared_with, lease),
+        shared with the previous row of the same agent when its agent fields are all equal."""
+        raw = row[16:26]
+        found = self._agents.get(row[16])
+        if found is not None and found[0] == raw:
+            return found[1]
+        lease = raw[9]
+        fields = (
+            raw[0], raw[1], self._shared.setdefault(raw[2], raw[2]), _KINDS[raw[3]], raw[4], dict(raw[5]),
+            _STATUSES[raw[6]], _VISIBILITIES[raw[7]], self._tuple(raw[8]),
+            float(lease) if lease is not None else float("inf"),
+        )  # fmt: skip
+        self._agents[row[16]] = (raw, fields)
+        return fields
+
+    def decode(self, row: list[Any]) -> CatalogEntry:
+        if len(row) != len(ENTRY_FIELDS):
+            raise ValueError(f"a row of {len(row)} values, not {len(ENTRY_FIELDS)}")
+        shared = self._tuple
+        capability = Capability(
+            name=row[1], version=self._shared.setdefault(row[2], row[2]), description=row[3],
+            examples=tuple(row[4]), tags=shared(row[5]), input_modes=shared(row[6]), output_modes=shared(row[7]),
+            cost=self._cost(row[8], row[9], row[10]), latency_p50_ms=row[11], quality_prior=row[12],
+            regions=shared(row[13]), id=row[0], created_at=self._time(row[14]), updated_at=self._time(row[15]),
+        )  # fmt: skip
+        agent_id, name, tenant, kind, endpoint, labels, status, visibility, shared_with, lease = self._agent(row)
+        return CatalogEntry(
+            capability, agent_id, name, tenant, kind, endpoint, labels, status,
+            None, visibility, shared_with, lease, row[26],
+        )  # fmt: skip
+
+    def _cost(self, per_call: float, per_in: float, per_out: float) -> Cost:
+        key = ("cost", per_call, per_in, per_out)
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = Cost(per_call, per_in, per_out)
+        return found
+
+
+def read_entries_v1(directory: Path) -> list[CatalogEntry | None]:
+    """Format 1: a JSON object per line."""
+    lines = (directory / "entries.jsonl").read_text(encoding="utf-8").splitlines()
+    return [entry_from_json(json.loads(line)) if line != "null" else None for line in lines]
 
 
 # Enum members by value: a dict lookup, where Enum(value) costs a call through the metaclass per field.
