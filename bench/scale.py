@@ -614,7 +614,7 @@ def markdown(summary: dict[str, Any], image: Path, docs: Path) -> str:
                 lambda r: f"{r['memory']['ratio_added_loaded']:.2f} / {r['memory']['ratio_added_restarted']:.2f}",
             ),
             line(
-                "snapshot on disk (vectors.npy + graph.bin + entries.jsonl)",
+                "snapshot on disk (vectors.npy + graph.bin + entries.json)",
                 lambda r: mib(sum(r["memory"]["snapshot_file_bytes"].values())),
             ),
             line("first start (empty) s", lambda r: f"{r['cold_start']['empty_start_s']:.1f}"),
