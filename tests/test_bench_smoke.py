@@ -89,3 +89,17 @@ def test_bulk_register_benchmark_smoke() -> None:
     summary = json.loads(result.stdout)
     assert summary["created"] == summary["agents"] == 300  # every agent of the manifest, through the real CLI
     assert summary["capabilities_per_second"] > 0 and summary["model_batch_texts_per_second"] > 0
+
+
+def test_snapshot_load_benchmark_smoke() -> None:
+    """Every variant loads the same index; format 2 with the collector paused is what a start does."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "snapshot_load.py"), "--smoke"],
+        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["config"]["capabilities"] == 2000
+    variants = [(r["format"], r["gc_paused"]) for r in summary["results"]]
+    assert variants == [(1, False), (1, True), (2, False), (2, True)]
+    sizes = {r["format"]: r["entries_bytes_per_capability"] for r in summary["results"]}
+    assert 0 < sizes[2] < sizes[1]  # positional rows are smaller than objects with keys

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, func, select, text
 
+from bench.snapshot_load import as_format_1
 from registry.cli.main import cli
 from registry.domain.models import (
     AgentKind,
@@ -40,7 +41,6 @@ from registry.domain.models import (
 )
 from registry.embedding.base import Embedder
 from registry.embedding.sentence import SentenceTransformerEmbedder
-from registry.files import file_sha256
 from registry.index import snapshot
 from registry.index.columns import constraint_mask
 from registry.index.hnsw import HnswParams
@@ -705,51 +705,3 @@ def assert_same_index(
         want, got = original.search(query, k, masks[0][0]), loaded.search(query, k, masks[1][0])
         assert got.plan == want.plan
         assert np.array_equal(got.rows, want.rows) and np.array_equal(got.similarities, want.similarities)
-
-
-def as_format_1(directory: Path) -> None:
-    """Rewrite a snapshot the way format 1 laid it out: entries.jsonl, an object per line."""
-    entries = snapshot.read_entries(directory / "entries.json")
-    with (directory / "entries.jsonl").open("w", encoding="utf-8") as out:
-        for entry in entries:
-            out.write(json.dumps(entry_to_json(entry) if entry is not None else None, separators=(",", ":")) + "\n")
-    (directory / "entries.json").unlink()
-    meta = json.loads((directory / "meta.json").read_text())
-    del meta["checksum"], meta["entry_fields"]
-    meta["format"] = 1
-    meta["files"] = {f: file_sha256(directory / f) for f in snapshot.FILES_OF_FORMAT[1]}
-    meta["checksum"] = snapshot._meta_checksum(meta)
-    (directory / "meta.json").write_text(json.dumps(meta))
-
-
-def entry_to_json(entry: CatalogEntry) -> dict[str, Any]:
-    cap = entry.capability
-    return {
-        "agent_id": entry.agent_id,
-        "agent_name": entry.agent_name,
-        "tenant": entry.tenant,
-        "kind": entry.kind.value,
-        "endpoint": entry.endpoint,
-        "labels": entry.labels,
-        "status": entry.status.value,
-        "visibility": entry.visibility.value,
-        "shared_with": list(entry.shared_with),
-        "lease_expires_at": entry.lease_expires_at if entry.lease_expires_at != float("inf") else None,
-        "text_sha256": entry.text_sha256,
-        "cap": {
-            "id": cap.id,
-            "name": cap.name,
-            "version": cap.version,
-            "description": cap.description,
-            "examples": list(cap.examples),
-            "tags": list(cap.tags),
-            "input_modes": list(cap.input_modes),
-            "output_modes": list(cap.output_modes),
-            "cost": [cap.cost.per_call_usd, cap.cost.per_1k_input_tokens_usd, cap.cost.per_1k_output_tokens_usd],
-            "latency_p50_ms": cap.latency_p50_ms,
-            "quality_prior": cap.quality_prior,
-            "regions": list(cap.regions),
-            "created_at": cap.created_at.isoformat() if cap.created_at else None,
-            "updated_at": cap.updated_at.isoformat() if cap.updated_at else None,
-        },
-    }
