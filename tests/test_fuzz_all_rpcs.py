@@ -967,6 +967,12 @@ def with_nul(seed: Message) -> Iterator[Message]:
                 first = next(iter(entries))
                 assign(holder, target, {**entries, first: entries[first] + "\x00"})
                 yield message
+                keyed = type(seed)()
+                keyed.CopyFrom(seed)
+                keyed_holder, keyed_target = slots(keyed)[path]
+                renamed = {(k + "\x00" if k == first else k): v for k, v in entries.items()}
+                assign(keyed_holder, keyed_target, renamed)
+                yield keyed
         elif target.is_repeated:
             if value:
                 assign(holder, target, [value[0] + "\x00", *value[1:]])

@@ -41,6 +41,7 @@ from registry.domain.models import (
 )
 from registry.embedding.base import Embedder
 from registry.embedding.sentence import SentenceTransformerEmbedder
+from registry.files import file_sha256
 from registry.index import snapshot
 from registry.index.columns import constraint_mask
 from registry.index.hnsw import HnswParams
@@ -705,3 +706,24 @@ def assert_same_index(
         want, got = original.search(query, k, masks[0][0]), loaded.search(query, k, masks[1][0])
         assert got.plan == want.plan
         assert np.array_equal(got.rows, want.rows) and np.array_equal(got.similarities, want.similarities)
+
+
+def test_entries_that_do_not_parse_are_refused_even_with_a_matching_checksum(tmp_path: Path) -> None:
+    """The entries are parsed while the files are hashed: whatever the parser raises (a RecursionError from
+    nested brackets included) must become a SnapshotError, so start-up rebuilds instead of crashing."""
+    index = SpaceIndex(8)
+    attrs = {"tags": [], "regions": [], "cost": 0.0, "latency": 10.0, "quality": 0.5, "tenant": "t1",
+             "kind": AgentKind.TOOL, "status": AgentStatus.ACTIVE, "visibility": Visibility.PRIVATE,
+             "shared_with": [], "labels": {}, "lease": float("inf"), "micros": 0, "hash": ""}  # fmt: skip
+    index.apply(CatalogChange(1, (_entry(0, 0, np.ones(8, dtype=np.float32), attrs),)))
+    space = VectorSpace("prop", "model", "rev", "0" * 64, "{name}", 8, id=7)
+    info = snapshot.write(index, space, tmp_path)
+    for garbage in (b"[" * 200_000, b'[["only", "two"]]', b'{"not": "an array"}', b"[1, 2, 3]", b"\xff\xfe"):
+        (info.path / "entries.json").write_bytes(garbage)
+        meta = json.loads((info.path / "meta.json").read_text())
+        del meta["checksum"]
+        meta["files"]["entries.json"] = file_sha256(info.path / "entries.json")
+        meta["checksum"] = snapshot._meta_checksum(meta)
+        (info.path / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(snapshot.SnapshotError, match="does not parse"):
+            snapshot.load(tmp_path, space, SpaceIndex(8))

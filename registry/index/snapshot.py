@@ -166,10 +166,14 @@ def _load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceIn
             vectors = np.load(directory / "vectors.npy", mmap_mode="r", allow_pickle=False)
             entries = read_entries(directory / "entries.json") if form == 2 else read_entries_v1(directory)
             unparsed: Exception | None = None
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except Exception as exc:  # anything (a RecursionError from nested brackets, say): what was parsed is dropped
             unparsed = exc
         for f, digest in sums.items():
-            if digest.result() != files.get(f):
+            try:
+                sha256 = digest.result()
+            except OSError as exc:
+                raise SnapshotError(f"{directory / f} is unreadable: {exc}") from exc
+            if sha256 != files.get(f):
                 raise SnapshotError(f"{directory / f} does not match its checksum: truncated or altered")
     if unparsed is not None:
         raise SnapshotError(f"{directory} does not parse: {unparsed}") from unparsed
@@ -194,7 +198,7 @@ def _load(root: Path, space: VectorSpace, template_index: SpaceIndex) -> SpaceIn
 
 def write_entries(path: Path, entries: list[CatalogEntry | None]) -> None:
     """One JSON array, a row per line (so a diff or `head` of it stays readable)."""
-    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    dumps = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: a lone surrogate still writes
     with path.open("w", encoding="utf-8") as out:
         out.write("[")
         for i, entry in enumerate(entries):
