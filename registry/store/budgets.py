@@ -34,7 +34,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from registry.domain.budget import (
     Budget,
@@ -54,11 +53,10 @@ from registry.domain.budget import (
 from registry.domain.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
 from registry.store import changelog
 from registry.store import tables as t
-from registry.store.retries import retry_deadlocks
+from registry.store.retries import retry_conflicts, retry_deadlocks
 from registry.store.rows import utc as _aware
 
 log = logging.getLogger(__name__)
-CONFLICT_RETRIES = 3
 HELD = ReservationState.HELD.value
 PAST = {"commit": "committed", "release": "released"}
 
@@ -87,13 +85,10 @@ class BudgetStore:
 
     def create(self, budget: Budget) -> BudgetWrite:
         """A new budget; AlreadyExists when its tenant already has one of that name."""
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                return self._create_once(budget)
-            except IntegrityError as exc:  # a concurrent create of the same tenant or name
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise Conflict(f"budget {budget.tenant}/{budget.name} is being created concurrently") from exc
-        raise AssertionError("unreachable")
+        return retry_conflicts(  # a concurrent create of the same tenant or name
+            lambda: self._create_once(budget),
+            lambda _: Conflict(f"budget {budget.tenant}/{budget.name} is being created concurrently"),
+        )
 
     @retry_deadlocks
     def _create_once(self, budget: Budget) -> BudgetWrite:

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Engine, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from registry.domain.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from registry.domain.models import (
@@ -40,10 +39,9 @@ from registry.domain.validation import NAME_RE
 from registry.index.space_index import catalog_digest
 from registry.store import changelog
 from registry.store import tables as t
-from registry.store.retries import retry_deadlocks
+from registry.store.retries import retry_conflicts, retry_deadlocks
 from registry.store.rows import agent_from_row, capability_from_row, capability_values, space_from_row, utc
 
-CONFLICT_RETRIES = 3
 # Built once: a statement with its values given as execute() parameters compiles once and is cached, where
 # insert(...).values(...) per row costs a cache-key walk of every value (a third of a bulk registration).
 _INSERT_AGENT = insert(t.agents)
@@ -191,15 +189,12 @@ class RegistryStore:
         order = sorted(
             range(len(registrations)), key=lambda i: (registrations[i].agent.tenant, registrations[i].agent.name)
         )
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                return self._register_all(registrations, order, bulk)
-            except IntegrityError as exc:  # a concurrent first registration of the same tenant or name
-                if attempt == CONFLICT_RETRIES - 1:
-                    names = ", ".join(f"{r.agent.tenant}/{r.agent.name}" for r in registrations[:3])
-                    more = f" (and {len(registrations) - 3} more)" if len(registrations) > 3 else ""
-                    raise Conflict(f"agent {names}{more} is being registered concurrently; retry") from exc
-        raise AssertionError("unreachable")
+        names = ", ".join(f"{r.agent.tenant}/{r.agent.name}" for r in registrations[:3])
+        more = f" (and {len(registrations) - 3} more)" if len(registrations) > 3 else ""
+        return retry_conflicts(  # a concurrent first registration of the same tenant or name
+            lambda: self._register_all(registrations, order, bulk),
+            lambda _: Conflict(f"agent {names}{more} is being registered concurrently; retry"),
+        )
 
     @retry_deadlocks  # e.g. against a backfill inserting vectors of the same capabilities
     def _register_all(

@@ -7,10 +7,11 @@ import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 log = logging.getLogger(__name__)
 DEADLOCK_RETRIES = 5
+CONFLICT_RETRIES = 3
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # PostgreSQL: deadlock detected, serialization failure
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,3 +32,18 @@ def retry_deadlocks(method: Callable[P, R]) -> Callable[P, R]:
         raise AssertionError("unreachable")
 
     return retrying
+
+
+def retry_conflicts(attempt: Callable[[], R], conflict: Callable[[IntegrityError], Exception] | None = None) -> R:
+    """Run `attempt` (a whole transaction) again after a unique-key conflict: a concurrent writer inserted the
+    same key first, and the next attempt sees its row. After the last attempt `conflict(error)` is raised, or
+    the IntegrityError itself when there is no `conflict`."""
+    for n in range(CONFLICT_RETRIES):
+        try:
+            return attempt()
+        except IntegrityError as exc:
+            if n == CONFLICT_RETRIES - 1:
+                if conflict is None:
+                    raise
+                raise conflict(exc) from exc
+    raise AssertionError("unreachable")

@@ -17,7 +17,8 @@ from registry.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from registry.domain.models import Agent, Capability, SpaceState, VectorSpace
 from registry.store import changelog
 from registry.store import tables as t
-from registry.store.repository import CONFLICT_RETRIES, now_utc
+from registry.store.repository import now_utc
+from registry.store.retries import retry_conflicts, retry_deadlocks
 from registry.store.rows import agent_from_row, capability_from_row, space_from_row, utc
 
 
@@ -117,14 +118,9 @@ class SpaceStore:
     def put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> tuple[int, int]:
         """See _put_vectors; (seq, vectors stored). A concurrent registration that stored one of these vectors
         first (a unique-key conflict) makes the batch run again, skipping that row."""
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                return self._put_vectors(space_id, rows)
-            except IntegrityError:
-                if attempt == CONFLICT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return retry_conflicts(lambda: self._put_vectors(space_id, rows))
 
+    @retry_deadlocks  # e.g. against a registration of the same capabilities, which may be the one chosen to go on
     def _put_vectors(self, space_id: int, rows: Sequence[tuple[MissingVector, str, bytes]]) -> tuple[int, int]:
         """Store backfilled vectors (capability, text hash, float32 bytes); one change per agent, so every
         follower adds them to its index of the space. Rows that gained a vector meanwhile (a concurrent
