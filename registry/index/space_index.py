@@ -16,6 +16,7 @@ import numpy.typing as npt
 from registry.domain.models import CatalogChange, CatalogEntry
 from registry.index import exact
 from registry.index.columns import AttributeColumns, Mask
+from registry.index.gc_pause import paused_gc
 from registry.index.hnsw import HnswGraph, HnswParams
 
 
@@ -157,7 +158,12 @@ class SpaceIndex:
         return hashes
 
     def bulk_load(self, entries: list[CatalogEntry], watermark: int, num_threads: int = 2) -> None:
-        """Build from the stored catalog at start-up, in one HNSW batch."""
+        """Build from the stored catalog (at start-up, or for a space created while serving), in one HNSW
+        batch, with the cyclic GC paused (see gc_pause)."""
+        with paused_gc():
+            self._bulk_load(entries, watermark, num_threads)
+
+    def _bulk_load(self, entries: list[CatalogEntry], watermark: int, num_threads: int) -> None:
         rows = np.arange(self.size, self.size + len(entries), dtype=np.int64)
         self._reserve(self.size + len(entries))
         for row, entry in zip(rows.tolist(), entries, strict=True):

@@ -14,7 +14,6 @@ from registry.domain.errors import FailedPrecondition
 from registry.domain.models import LIVE_SPACE_STATES, CatalogEntry, SpaceState, VectorSpace
 from registry.embedding.base import Embedder
 from registry.index import snapshot
-from registry.index.gc_pause import paused_gc
 from registry.index.hnsw import HnswParams
 from registry.index.space_index import PlannerParams, SpaceIndex
 from registry.service.serving import ServingSpace, Spaces
@@ -54,12 +53,7 @@ async def load_index(
     )
     index = template
     entries = await asyncio.to_thread(lambda: list(store.catalog(space.id)))
-
-    def build() -> None:
-        with paused_gc():
-            index.bulk_load(entries, head)
-
-    await asyncio.to_thread(build)
+    await asyncio.to_thread(index.bulk_load, entries, head)
     startup = Startup("database", reason, time.perf_counter() - started, head)
     log.info(
         "index of %s built: %d capabilities at change %d in %.2f s", space.name, index.live_count, head, startup.seconds
