@@ -3,20 +3,11 @@ null RPC, memory, cold start); the targets live in the benchmark, not here."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_bench_smoke import run_smoke
 
 
 def test_scale_benchmark_smoke() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale.py"), "--smoke"],
-        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
-    )  # fmt: skip
-    summary = json.loads(result.stdout)
+    summary = run_smoke("scale.py", "--smoke")
     assert summary["config"]["smoke"] and summary["skipped"] == []
     [row] = summary["results"]
     assert row["capabilities"] == 1000 and row["agents"] == 100

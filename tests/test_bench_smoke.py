@@ -7,16 +7,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_discover_benchmark_smoke() -> None:
+def run_smoke(script: str, *args: str, timeout: int = 240) -> Any:
+    """Run bench/`script` with `args` as CI does; its JSON summary (stdout). A non-zero exit fails the test."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "discover.py"), "--smoke", "--no-docs"],
-        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True, text=True, check=True, timeout=timeout, cwd=ROOT,
     )  # fmt: skip
-    summary = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_discover_benchmark_smoke() -> None:
+    summary = run_smoke("discover.py", "--smoke", "--no-docs")
     assert summary["config"]["capabilities"] == 1000
     assert summary["recall_at_10"] == {"discover": 1.0, "discover_filtered": 1.0}
     assert summary["plans"] == {"discover": {"exact": 200}, "discover_filtered": {"exact": 200}}
@@ -26,11 +32,7 @@ def test_discover_benchmark_smoke() -> None:
 
 
 def test_filtered_benchmark_smoke() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "discover_filtered.py"), "--smoke", "--no-docs"],
-        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
-    )  # fmt: skip
-    summary = json.loads(result.stdout)
+    summary = run_smoke("discover_filtered.py", "--smoke", "--no-docs")
     assert [s["selectivity_pct"] for s in summary["steps"]] == [0.01, 0.1, 1, 10, 50, 100]
     for step in summary["steps"]:
         assert step["recall_at_10"] >= 0.99, step
@@ -59,22 +61,14 @@ def test_reliability_benchmark_smoke() -> None:
 
 
 def test_telemetry_overhead_benchmark_smoke() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "telemetry_overhead.py"), "--smoke"],
-        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
-    )  # fmt: skip
-    summary = json.loads(result.stdout)
+    summary = run_smoke("telemetry_overhead.py", "--smoke")
     assert summary["calls_per_mode"] == 100
     assert summary["spans_exported_while_on"] >= 100  # spans only while on: a server span and its children
     assert summary["off_wrapper_us_per_call"] > 0
 
 
 def test_text_discover_benchmark_smoke() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "discover_text.py"), "--smoke"],
-        capture_output=True, text=True, check=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    summary = json.loads(result.stdout)
+    summary = run_smoke("discover_text.py", "--smoke", timeout=300)
     distinct = summary["results"]["distinct"]
     assert distinct["model_calls"] > 0 and distinct["per_second"] > 0
     assert distinct["mean_batch"] > 1.0  # 32 callers of new texts share model calls
@@ -82,22 +76,14 @@ def test_text_discover_benchmark_smoke() -> None:
 
 
 def test_bulk_register_benchmark_smoke() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bulk_register.py"), "--smoke"],
-        capture_output=True, text=True, check=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    summary = json.loads(result.stdout)
+    summary = run_smoke("bulk_register.py", "--smoke", timeout=300)
     assert summary["created"] == summary["agents"] == 300  # every agent of the manifest, through the real CLI
     assert summary["capabilities_per_second"] > 0 and summary["model_batch_texts_per_second"] > 0
 
 
 def test_snapshot_load_benchmark_smoke() -> None:
     """Every variant loads the same index; format 2 with the collector paused is what a start does."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "snapshot_load.py"), "--smoke"],
-        capture_output=True, text=True, check=True, timeout=240, cwd=ROOT,
-    )  # fmt: skip
-    summary = json.loads(result.stdout)
+    summary = run_smoke("snapshot_load.py", "--smoke")
     assert summary["config"]["capabilities"] == 2000
     variants = [(r["format"], r["gc_paused"]) for r in summary["results"]]
     assert variants == [(1, False), (1, True), (2, False), (2, True)]
